@@ -1,0 +1,19 @@
+"""Shared test fixtures: the repository's data folders and the optional ../shared benchmark suites."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+MODELS = ROOT / "models"
+SHARED_BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
+
+
+@pytest.fixture
+def shared_benchmarks() -> Path:
+    """The VNN-COMP suites beside the checkout; tests using it are skipped when it is absent."""
+    if not SHARED_BENCHMARKS.is_dir():
+        pytest.skip(f"{SHARED_BENCHMARKS} is absent (it exists for developers and CI, not for a fresh clone)")
+    return SHARED_BENCHMARKS
