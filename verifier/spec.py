@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 
-class SpecError(ValueError):
+
+class SpecError(InputError):
     """A malformed input set or property (bad user input)."""
 
 

@@ -1,0 +1,13 @@
+"""Errors that mean "bad input": the CLI prints their one-line message and exits with code 2."""
+
+
+class InputError(ValueError):
+    """Base class of every user-input error (bad model file, bad property, bad arguments)."""
+
+
+class ModelError(InputError):
+    """An ONNX file that cannot be read or holds something unsupported; the message names file, op and node."""
+
+
+class VnnlibError(InputError):
+    """A VNN-LIB file that cannot be parsed; the message names file, line and what was expected."""
