@@ -143,14 +143,14 @@ class Network:
         modules = []
         for layer in self.layers:
             if isinstance(layer, Affine):
-                linear = torch.nn.Linear(layer.n_in, layer.n_out)
+                linear = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
                 with torch.no_grad():
                     linear.weight.copy_(torch.as_tensor(layer.weight))
                     linear.bias.copy_(torch.as_tensor(layer.bias))
                 modules.append(linear)
             else:
                 modules.append(torch.nn.ReLU())
-        return torch.nn.Sequential(*modules).to(device=device, dtype=dtype)
+        return torch.nn.Sequential(*modules).to(device=device)
 
 
 def from_torch(module, input_shape: tuple = ()) -> Network:

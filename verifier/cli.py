@@ -1,0 +1,171 @@
+"""`verify`: argument parsing only; maps flags to API calls (DESIGN.md, "CLI").
+
+Exit codes: 0 ran to the end (whatever the verdicts), 2 bad usage or bad input (one line, no traceback),
+1 internal error, 3 a suite run gave a wrong answer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+DEFAULT_METHODS = "pgd,ibp,dual"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="verify",
+        description="How robust is a ReLU network? Attacks (upper bounds), certified bounds (lower bounds) and "
+                    "exact answers, side by side.",
+        epilog="examples:\n  verify models/digits_mlp.onnx --eps 0.02 --method pgd,ibp,dual,lp,milp\n"
+               "  verify net.onnx --vnnlib prop.vnnlib --timeout 60 --result-file out.txt\n"
+               "  verify --instances suite/instances.csv --out results.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="ONNX file of a ReLU network")
+    what = p.add_argument_group("robustness of samples (L-inf ball)")
+    what.add_argument("--eps", type=float, help="radius of the L-inf ball around each sample")
+    what.add_argument("--input", help=".npy file with one input (any shape with the model's input size)")
+    what.add_argument("--label", type=int, help="the input's true label (with --input)")
+    what.add_argument("--data", help=".npz with arrays x (N x input shape) and y (N labels); default: the "
+                                     "model's companion data file in models/, if it ships one")
+    what.add_argument("--start", type=int, default=0, help="first sample of --data (default 0)")
+    what.add_argument("--limit", type=int, help="number of samples of --data (default all)")
+    what.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), default=(0.0, 1.0),
+                      help="data range the ball is clipped to (default 0 1)")
+    what.add_argument("--no-clip", action="store_true", help="do not clip the ball")
+    what.add_argument("--method", default=DEFAULT_METHODS,
+                      help=f"comma list of pgd, fgsm, ibp, dual, lp, milp (default {DEFAULT_METHODS})")
+    opts = p.add_argument_group("method options")
+    opts.add_argument("--slopes", choices=["wk", "adaptive", "opt"], default="adaptive",
+                      help="lower ReLU slopes of the dual pass (default adaptive)")
+    opts.add_argument("--intermediate", choices=["dual", "lp"], default="dual",
+                      help="layer bounds for lp/milp: from the dual pass or by LPs per layer (default dual)")
+    opts.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit per sample, s (default 60)")
+    opts.add_argument("--device", default="cpu", help="torch device for the dual pass and attacks (default cpu)")
+    opts.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON document to stdout")
+    out.add_argument("--plot", help="draw per sample [certified, attack] with the exact value to this PNG")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args, parser)
+    except InputError as exc:
+        print(f"verify: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("verify: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # an internal error: keep the traceback for the bug report
+        traceback.print_exc()
+        return 1
+
+
+def run(args, parser) -> int:
+    if args.model is None:
+        parser.error("give a MODEL.onnx")
+    if args.eps is None:
+        parser.error("give --eps (the L-inf radius)")
+    return run_robustness(args)
+
+
+def companion_data(model: Path) -> Path | None:
+    """models/<stem>.npz or models/<prefix>.npz for models/<prefix>_<rest>.onnx, when it exists."""
+    for stem in (model.stem, model.stem.split("_")[0]):
+        candidate = model.with_name(stem + ".npz")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_samples(args, n_inputs: int, n_outputs: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(xs (N, n_inputs), labels (N,), index of the first) from --input/--label, --data or the companion file."""
+    if args.input is not None:
+        if args.label is None:
+            raise InputError("--input needs --label")
+        x = _load(Path(args.input), np.load).reshape(-1)
+        if x.size != n_inputs:
+            raise InputError(f"{args.input}: {x.size} values, the model takes {n_inputs} inputs")
+        xs, labels, start = x[None], np.array([args.label]), 0
+    else:
+        data = Path(args.data) if args.data else companion_data(Path(args.model))
+        if data is None:
+            raise InputError("give --input X.npy --label K or --data D.npz (this model ships no companion data)")
+        arrays = _load(data, np.load)
+        if "x" not in arrays or "y" not in arrays:
+            raise InputError(f"{data}: needs arrays 'x' and 'y', has {sorted(arrays.files)}")
+        xs, labels = arrays["x"], arrays["y"]
+        xs = xs.reshape(len(xs), -1)
+        if xs.shape[1] != n_inputs:
+            raise InputError(f"{data}: samples have {xs.shape[1]} values, the model takes {n_inputs} inputs")
+        start = max(args.start, 0)
+        stop = len(xs) if args.limit is None else start + max(args.limit, 0)
+        xs, labels = xs[start:stop], labels[start:stop]
+    bad = [int(v) for v in labels if not 0 <= int(v) < n_outputs]
+    if bad:
+        raise InputError(f"label {bad[0]} out of range for a model with {n_outputs} outputs")
+    return np.asarray(xs, dtype=np.float64), np.asarray(labels, dtype=np.int64), start
+
+
+def _load(path: Path, loader):
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        return loader(path)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+
+
+def run_robustness(args) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from . import compare, report
+    from .onnx import load_onnx
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in compare.known_methods()]
+    if unknown:
+        raise InputError(f"unknown method {unknown[0]!r}; available: {', '.join(compare.known_methods())}")
+    if args.eps < 0 or not np.isfinite(args.eps):
+        raise InputError(f"--eps must be a finite number >= 0, got {args.eps}")
+    network = load_onnx(args.model)
+    xs, labels, start = load_samples(args, network.n_inputs, network.n_outputs)
+    clip = None if args.no_clip else tuple(args.clip)
+    options = {"pgd": {"seed": args.seed, "device": args.device}, "fgsm": {"seed": args.seed, "device": args.device},
+               "dual": {"slopes": args.slopes, "device": args.device},
+               "lp": {"intermediate": args.intermediate},
+               "milp": {"intermediate": args.intermediate, "time_limit": args.time_limit}}
+    console = Console(stderr=True)
+    console.print(f"{args.model}: {network.summary()}; {len(xs)} samples, eps {args.eps}, methods {', '.join(methods)}")
+    with Progress(console=console, transient=True, disable=len(xs) < 2) as progress:
+        task = progress.add_task("verifying", total=len(xs))
+        records, interrupted = compare.evaluate_dataset(
+            network, xs, labels, args.eps, methods=methods, clip=clip, options=options, start=start,
+            on_record=lambda _: progress.advance(task))
+    if interrupted:
+        console.print(f"[yellow]interrupted: {len(records)} of {len(xs)} samples done[/yellow]")
+    doc = report.document(str(args.model), network, args.eps, clip, records, methods)
+    console.print(report.table(records, methods))
+    for line in report.summary_lines(doc["summary"]):
+        console.print(line)
+    if args.plot:
+        report.plot(records, methods, args.plot)
+        console.print(f"plot written to {args.plot}")
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

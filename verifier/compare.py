@@ -1,0 +1,112 @@
+"""The side-by-side view: per sample, attacks (upper bounds), certified bounds (lower) and the exact value.
+
+A record is a plain dict in the JSON schema of DESIGN.md: ``{"index", "label", "prediction", "methods", "verdict"}``
+where each method's entry holds ``lower`` and/or ``upper`` bounds on the sample's robust margin
+``min_{x in box} min_{j != label} f_label(x) - f_j(x)``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .bounds import METHODS, bound
+from .network import Network
+from .spec import linf_ball, margin_rows
+
+ATTACKS = ("pgd", "fgsm")
+EXACT = ("milp",)
+
+
+class SoundnessError(RuntimeError):
+    """A certified lower bound above an attack's confirmed value: a bug, never a verdict."""
+
+
+def known_methods() -> list[str]:
+    """Every method name the comparison accepts: the attacks plus the bound registry."""
+    return [*ATTACKS, *METHODS]
+
+
+def certified_methods(methods: list[str]) -> list[str]:
+    return [m for m in methods if m not in ATTACKS and m not in EXACT]
+
+
+def evaluate_sample(network: Network, x: np.ndarray, label: int, eps: float, *, methods: list[str],
+                    clip: tuple[float, float] | None = (0.0, 1.0), options: dict | None = None,
+                    index: int = 0) -> dict:
+    """Run every method on the L-inf ball around x (flat, (n_inputs,)) and decide the sample's verdict.
+
+    options: per-method keyword arguments, e.g. ``{"dual": {"slopes": "opt"}, "milp": {"time_limit": 60}}``.
+    A misclassified sample gets no method results (its robust margin is already negative at x).
+    """
+    options = options or {}
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    prediction = int(np.argmax(network.forward(x)))
+    record = {"index": int(index), "label": int(label), "prediction": prediction, "methods": {}}
+    if prediction != label:
+        record["verdict"] = "misclassified"
+        return record
+    box = linf_ball(x, eps, clip)
+    C, d = margin_rows(label, network.n_outputs)
+    for method in methods:
+        if method in ATTACKS:
+            record["methods"][method] = _run_attack(network, box, label, method, options.get(method, {}))
+        else:
+            record["methods"][method] = _run_bound(network, box, C, d, method, options.get(method, {}))
+    record["verdict"] = decide(record["methods"])
+    return record
+
+
+def _run_attack(network, box, label, method, opts) -> dict:
+    from .attacks import attack
+
+    result = attack(network, box, label, method=method, **opts)
+    return {"upper": float(result.value), "seconds": float(result.seconds), "success": bool(result.success),
+            "x": None if result.x is None else [float(v) for v in result.x]}
+
+
+def _run_bound(network, box, C, d, method, opts) -> dict:
+    start = time.perf_counter()
+    result = bound(network, box, C, d, method=method, **opts)
+    entry = {"lower": float(np.min(result.lower)), "seconds": time.perf_counter() - start}
+    if result.upper is not None:
+        entry["upper"] = float(np.min(result.upper))
+        statuses = result.info.get("status", "optimal")
+        statuses = [statuses] if isinstance(statuses, str) else list(statuses)
+        entry["status"] = "optimal" if all(s == "optimal" for s in statuses) else "time_limit"
+    return entry
+
+
+def decide(methods: dict) -> str:
+    """certified (a certified lower > 0) > robust (MILP lower > 0) > attacked (confirmed attack) > unknown."""
+    certified = any(v["lower"] > 0 for k, v in methods.items() if k not in ATTACKS and k not in EXACT)
+    robust = any(methods[k]["lower"] > 0 for k in EXACT if k in methods)
+    attacked = any(methods[k]["success"] for k in ATTACKS if k in methods)
+    if attacked and (certified or robust):
+        raise SoundnessError(f"a method proved robustness that an attack refutes: {methods}")
+    if certified:
+        return "certified"
+    if robust:
+        return "robust"
+    return "attacked" if attacked else "unknown"
+
+
+def evaluate_dataset(network: Network, xs: np.ndarray, labels: np.ndarray, eps: float, *, methods: list[str],
+                     clip=(0.0, 1.0), options: dict | None = None, start: int = 0,
+                     on_record: Callable[[dict], None] | None = None) -> tuple[list[dict], bool]:
+    """Evaluate samples xs (N, ...) with labels (N,); returns (records, interrupted).
+
+    Ctrl-C stops after the sample in progress is abandoned and returns what is done so far.
+    """
+    records: list[dict] = []
+    try:
+        for offset, (x, label) in enumerate(zip(xs, labels)):
+            record = evaluate_sample(network, x, int(label), eps, methods=methods, clip=clip, options=options,
+                                     index=start + offset)
+            records.append(record)
+            if on_record:
+                on_record(record)
+    except KeyboardInterrupt:
+        return records, True
+    return records, False
