@@ -142,6 +142,8 @@ def run_robustness(args) -> int:
     network = load_onnx(args.model)
     xs, labels, start = load_samples(args, network.n_inputs, network.n_outputs)
     clip = None if args.no_clip else tuple(args.clip)
+    if clip is not None and clip[0] > clip[1]:
+        raise InputError(f"--clip: lo > hi ({clip[0]} > {clip[1]})")
     options = {"pgd": {"seed": args.seed, "device": args.device}, "fgsm": {"seed": args.seed, "device": args.device},
                "dual": {"slopes": args.slopes, "device": args.device},
                "lp": {"intermediate": args.intermediate},
