@@ -145,8 +145,8 @@ class Network:
             if isinstance(layer, Affine):
                 linear = torch.nn.Linear(layer.n_in, layer.n_out, dtype=dtype)
                 with torch.no_grad():
-                    linear.weight.copy_(torch.as_tensor(layer.weight))
-                    linear.bias.copy_(torch.as_tensor(layer.bias))
+                    linear.weight.copy_(torch.from_numpy(layer.weight.copy()))
+                    linear.bias.copy_(torch.from_numpy(layer.bias.copy()))
                 modules.append(linear)
             else:
                 modules.append(torch.nn.ReLU())

@@ -5,11 +5,12 @@ over the box. `METHODS` is the only place the CLI and the pipeline look methods 
 """
 from __future__ import annotations
 
-from . import interval
+from . import dual, interval
 from .base import BoundResult, check_problem
 
 METHODS = {
     "ibp": interval.bound,
+    "dual": dual.bound,
 }
 
 
