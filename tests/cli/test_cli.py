@@ -117,3 +117,19 @@ def test_console_script_runs(model):
                            "--method", "ibp", "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["summary"]["n"] == 5
+
+
+def test_smoothing_mode(model, capsys):
+    code, out, err = run_cli([model, "--smoothing", "0.1", "--data", model.parent / "data.npz", "--n", "2000",
+                              "--n0", "50", "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert len(doc["samples"]) == 5
+    acc = doc["certified_accuracy"]
+    assert list(acc) == ["0.0", "0.25", "0.5", "0.75", "1.0"]
+    assert all(a >= b for a, b in zip(acc.values(), list(acc.values())[1:]))  # non-increasing in the radius
+    for s in doc["samples"]:
+        # the largest radius n samples can certify: sigma * Phi^-1(alpha^(1/n)) < 0.1 * 3.9
+        assert 0 <= s["radius"] < 0.4 and (s["prediction"] is not None or s["radius"] == 0)
+    code, _, err = run_cli([model, "--smoothing", "-1", "--data", model.parent / "data.npz"], capsys)
+    assert code == 2 and "smoothing" in err
