@@ -5,12 +5,14 @@ over the box. `METHODS` is the only place the CLI and the pipeline look methods 
 """
 from __future__ import annotations
 
-from . import dual, interval
+from . import dual, interval, lp, milp
 from .base import BoundResult, check_problem
 
 METHODS = {
     "ibp": interval.bound,
     "dual": dual.bound,
+    "lp": lp.bound,
+    "milp": milp.bound,
 }
 
 

@@ -1,0 +1,521 @@
+"""Attacks: upper bounds on the robust margin (FGSM, PGD), property falsification, and the linear closed form.
+
+Every attack returns a real point of the input set, so the margin there is an *upper* bound on the robust margin
+``min_{x in set} min_{j != label} f_label(x) - f_j(x)``. A point is reported as a counterexample (``success``)
+only after onnxruntime, running the model's ONNX file, agrees (soundness rule 3 of DESIGN.md).
+
+Input sets: a box ``lo <= x <= hi`` (an L-inf ball is a box), or for ``norm="l2"`` the intersection of the box with
+the L2 ball ``||x - center||_2 <= radius`` (center must lie in the box). The batched core works on B problems
+at once with R restarts each; tensors are laid out (B, R, n).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .network import Network
+from .spec import InputBox, Property, SpecError
+
+OUTPUT_LEAK = 0.01  # gradient slope below zero of an output ReLU: a dead output still points somewhere
+L2_BISECTIONS = 60  # halvings of the ball-projection parameter: 2^-60 ~ float64 resolution
+LEAK_ANNEAL = 0.8  # the hidden-ReLU gradient leak decays linearly to 0 at this fraction of the steps
+LEAK_SCALES = (0.0, 1.0, 3.0, 0.3)  # restarts r >= 1 cycle through leak times these (restart 0: true gradient)
+ROUND_STEP_SCALES = (1.0, 0.2)  # falsify's rounds cycle through step sizes times these
+ROUND_WORK = 2 ** 23  # falsify's default restarts: about this many multiply-adds per network pass and step
+MAX_RESTARTS = 512
+BASE_STEPS, STEPS_PER_DOUBLING = 60, 15  # falsify's default steps: 60 for 5 inputs (ACAS Xu), ~170 for 784
+
+
+@dataclass(frozen=True, eq=False)
+class AttackResult:
+    """x (n_inputs,) float64 or None; value: margin (attack) or ``prop.unsafe_value`` (falsify) of OUR network's
+    float64 forward at x; success: value < 0 (falsify: <= 0) and confirmed by onnxruntime with x in the set;
+    info: method details and, when not successful, the reason."""
+
+    x: np.ndarray | None
+    value: float
+    success: bool
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+
+# --- torch forward with leaky gradients ------------------------------------------------------------------------
+def _relu(h: torch.Tensor, leak) -> torch.Tensor:
+    """max(h, 0) in value (exactly: the added term is t - t = 0), with gradient slope `leak` below zero."""
+    if isinstance(leak, float) and leak == 0.0:
+        return torch.relu(h)
+    negative = torch.clamp(h, max=0.0)
+    return torch.relu(h) + leak * (negative - negative.detach())
+
+
+class _Forward:
+    """The network in torch. Values are exact; gradients may leak through inactive ReLUs (`leak` for hidden
+    ones, OUTPUT_LEAK for an output ReLU), so PGD can switch on neurons that are off everywhere it has been: on
+    sparse nets (few active neurons per input) the true gradient only sees the active ones."""
+
+    def __init__(self, network: Network, device, dtype) -> None:
+        self.layers = [(torch.tensor(a.weight, dtype=dtype, device=device),
+                        torch.tensor(a.bias, dtype=dtype, device=device), relu)
+                       for a, relu in zip(network.affines, network.relu_after)]
+
+    def __call__(self, x: torch.Tensor, leak=0.0) -> torch.Tensor:
+        """x (..., n_in) -> outputs (..., n_out); leak: float or tensor broadcasting against (..., 1)."""
+        h = x
+        for i, (weight, bias, relu) in enumerate(self.layers):
+            h = h @ weight.T + bias
+            if relu:
+                h = _relu(h, leak if i + 1 < len(self.layers) else OUTPUT_LEAK)
+        return h
+
+
+# --- objectives: (B, R, n_out) -> (B, R), to be minimised ----------------------------------------------------
+def _pick(out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """out (B, R, k) at classes (B,) or (B, R) -> (B, R)."""
+    classes = classes[:, None].expand(out.shape[:2]) if classes.dim() == 1 else classes
+    return out.gather(-1, classes[..., None]).squeeze(-1)
+
+
+def _margin(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``f_label - max_{j != label} f_j`` per row; labels (B,)."""
+    is_label = torch.nn.functional.one_hot(labels, out.shape[-1]).bool()[:, None, :]
+    return _pick(out, labels) - out.masked_fill(is_label, -torch.inf).amax(-1)
+
+
+def _multi_targeted(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Restart 0: the margin; restart r >= 1: ``f_label - f_j`` for j = label + 1 + (r - 1) mod (k - 1) (mod k).
+
+    Descending the margin follows whichever class is closest, and can stall at a local minimum that belongs to
+    it; giving each restart one fixed target class reaches every class's own minimum (on a linear model, each
+    one exactly: a box corner), and the tracked margin keeps the best of them.
+    """
+    offset = 1 + (torch.arange(out.shape[1], device=out.device) - 1) % (out.shape[2] - 1)
+    pair = _pick(out, labels) - _pick(out, (labels[:, None] + offset[None, :]) % out.shape[2])
+    return torch.cat([_margin(out[:, :1], labels), pair[:, 1:]], dim=1)
+
+
+def _cross_entropy(out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``classes`` (B,) per row."""
+    return torch.logsumexp(out, -1) - _pick(out, classes)
+
+
+def _violation(C: torch.Tensor, d: torch.Tensor, valid: torch.Tensor) -> Callable:
+    """Objective ``max_rows (C_b y - d_b)`` of a padded stack of conjunctions C (B, m, k), d (B, m), valid (B, m)."""
+    def objective(out: torch.Tensor) -> torch.Tensor:
+        rows = torch.einsum("brk,bmk->brm", out, C) - d[:, None, :]
+        return rows.masked_fill(~valid[:, None, :], -torch.inf).amax(-1)
+    return objective
+
+
+# --- projections ----------------------------------------------------------------------------------------------
+def _project_l2(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, center: torch.Tensor,
+                radius: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of p (..., n) onto {lo <= x <= hi, ||x - center|| <= radius} (center in the box).
+
+    KKT: the projection is ``clip(center + t (p - center))`` for the largest t in [0, 1] inside the ball, since
+    for a multiplier lambda the separable problem is solved by clipping ``(p + lambda c) / (1 + lambda)``. t is
+    found by bisection; only points that passed the ball test are returned, so the result is always feasible.
+    """
+    def at(t):
+        return torch.minimum(torch.maximum(center + t[..., None] * (p - center), lo), hi)
+
+    def inside(x):
+        return torch.linalg.vector_norm(x - center, dim=-1) <= radius
+
+    ones = torch.ones(p.shape[:-1], dtype=p.dtype, device=p.device)
+    whole = inside(at(ones))
+    if bool(whole.all()):
+        return at(ones)
+    t_ok, t_bad = torch.zeros_like(ones), ones  # t = 0 (the centre) is always feasible
+    for _ in range(L2_BISECTIONS):
+        mid = (t_ok + t_bad) / 2
+        ok = inside(at(mid))
+        t_ok, t_bad = torch.where(ok, mid, t_ok), torch.where(ok, t_bad, mid)
+    return at(torch.where(whole, ones, t_ok))
+
+
+def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-descent unit step of the norm (sign for L-inf, normalised gradient for L2)."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / torch.linalg.vector_norm(grad, dim=-1, keepdim=True).clamp_min(1e-300)
+
+
+# --- the batched cores ----------------------------------------------------------------------------------------
+def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: Callable, loss: Callable, *,
+              start: torch.Tensor, norm: str, radius: torch.Tensor | None, restarts: int, steps: int,
+              step_size: float, final_step: float, generator: torch.Generator, stop: str | None,
+              leak: float = 0.0, inclusive: bool = False, deadline: float | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Projected descent of ``loss`` from ``start`` (restart 0) and uniform random points (the others).
+
+    lo, hi, start (B, n); radius (B,) for L2 (ball centred at start). objective/loss map outputs (B, R, n_out) to
+    (B, R); the objective (the value that counts) is tracked, the loss gives the gradient. Step t moves by
+    ``size_t * scale`` with size decaying geometrically from step_size to final_step, scale = the box half-width
+    per coordinate (L-inf) or the radius (L2). leak: the largest gradient slope through inactive hidden ReLUs,
+    varied over restarts (LEAK_SCALES) and annealed to 0 (LEAK_ANNEAL) so each run ends on the true gradient;
+    the leak explores, the tracked objective is always the true network's. stop: "all"/"any" = exit once
+    all/any of the B problems reached objective < 0 (<= 0 when inclusive); None = run every step.
+    Returns the best x (B, n) over restarts and steps, its objective (B,), and the number of steps taken.
+    """
+    B, n = lo.shape
+    shape = (B, restarts, n)
+    lo_r, hi_r = lo[:, None].expand(shape), hi[:, None].expand(shape)
+    center = start[:, None].expand(shape)
+    rad = None if radius is None else radius[:, None].expand(shape[:2])
+    if norm == "l2":
+        project = lambda p: _project_l2(p, lo_r, hi_r, center, rad)
+    else:
+        project = lambda p: torch.minimum(torch.maximum(p, lo_r), hi_r)
+    u = torch.rand(shape, generator=generator, dtype=lo.dtype).to(lo.device)
+    if norm == "l2":  # uniform points of the ball (then projected into the box)
+        g = torch.randn(shape, generator=generator, dtype=lo.dtype).to(lo.device)
+        g = g / torch.linalg.vector_norm(g, dim=-1, keepdim=True).clamp_min(1e-300)
+        x = center + g * (rad * u[..., 0] ** (1.0 / n))[..., None]
+    else:
+        x = lo_r + u * (hi_r - lo_r)
+    x[:, 0] = start
+    x = project(x)
+    scale = (hi_r - lo_r) / 2 if norm == "linf" else rad[..., None]
+    scales = torch.tensor((0.0,) + LEAK_SCALES, dtype=lo.dtype)
+    index = torch.arange(restarts)
+    leaks = (leak * scales[torch.where(index == 0, 0, 1 + (index - 1) % len(LEAK_SCALES))]).to(lo.device)
+    leaks = leaks[None, :, None]
+    best_x, best_v = x.detach().clone(), torch.full(shape[:2], torch.inf, dtype=lo.dtype, device=lo.device)
+    taken = 0
+    for t in range(steps + 1):
+        x = x.detach().requires_grad_(True)
+        anneal = max(0.0, 1.0 - t / (LEAK_ANNEAL * max(steps, 1)))
+        out = forward(x, leaks * anneal if leak and anneal else 0.0)
+        value = objective(out.detach())
+        (grad,) = torch.autograd.grad(loss(out).sum(), x)
+        with torch.no_grad():
+            better = value < best_v
+            best_v = torch.where(better, value, best_v)
+            best_x = torch.where(better[..., None], x, best_x)
+            per_problem = best_v.amin(1)
+            done = per_problem <= 0 if inclusive else per_problem < 0
+            if (stop == "all" and bool(done.all())) or (stop == "any" and bool(done.any())):
+                break
+            if t == steps or (deadline is not None and time.perf_counter() > deadline):
+                break
+            size = step_size * (final_step / step_size) ** (t / max(steps - 1, 1))
+            x = project(x - size * scale * _direction(grad, norm))
+            taken += 1
+    pick = best_v.argmin(1)
+    rows = torch.arange(B, device=lo.device)
+    return best_x[rows, pick], best_v[rows, pick], taken
+
+
+def _fgsm_core(forward: _Forward, lo, hi, loss: Callable, *, start, norm, radius) -> torch.Tensor:
+    """One full step from start (B, n) along the loss's descent direction, into the set: for L-inf the box corner
+    chosen by the gradient sign (coordinates with zero gradient stay), for L2 ``start - radius g/||g||``."""
+    x = start.detach()[:, None].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(forward(x)).sum(), x)
+    with torch.no_grad():
+        grad = grad[:, 0]
+        if norm == "linf":
+            return torch.where(grad > 0, lo, torch.where(grad < 0, hi, start))
+        return _project_l2(start - radius[:, None] * _direction(grad, "l2"), lo, hi, start, radius)
+
+
+# --- public batched attacks -----------------------------------------------------------------------------------
+def _setup(network, lo, hi, labels, target, loss, norm, center, radius, device, dtype):
+    """Validate and convert the batched arguments; returns forward, tensors and (objective, loss) callables."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if loss not in ("margin", "ce"):
+        raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
+    dtype = dtype or torch.float64
+    as_t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=device)
+    lo_np, hi_np = np.atleast_2d(np.asarray(lo, np.float64)), np.atleast_2d(np.asarray(hi, np.float64))
+    if lo_np.shape != hi_np.shape or lo_np.shape[1] != network.n_inputs or np.any(lo_np > hi_np):
+        raise SpecError(f"boxes lo {lo_np.shape}, hi {hi_np.shape} must be (B, {network.n_inputs}) with lo <= hi")
+    center_np = (lo_np + hi_np) / 2 if center is None else np.atleast_2d(np.asarray(center, np.float64))
+    if norm == "linf":  # a clean point outside a clipped box still gives a start: its nearest box point
+        center_np = np.clip(center_np, lo_np, hi_np)
+    elif np.any(center_np < lo_np) or np.any(center_np > hi_np):
+        raise SpecError("the L2 ball's centre must lie in the box")
+    labels_t = torch.as_tensor(np.atleast_1d(labels), dtype=torch.long, device=device)
+    if network.n_outputs < 2:
+        raise SpecError("a margin needs a network with at least 2 outputs")
+    if labels_t.min() < 0 or labels_t.max() >= network.n_outputs:
+        raise SpecError(f"labels must lie in 0..{network.n_outputs - 1}")
+    if norm == "l2":
+        if radius is None:
+            raise SpecError("an L2 attack needs a radius")
+        radius_np = np.broadcast_to(np.asarray(radius, np.float64), (lo_np.shape[0],))
+        if not (np.isfinite(radius_np).all() and np.all(radius_np >= 0)):
+            raise SpecError("the L2 radius must be a finite number >= 0")
+        radius = as_t(radius_np)
+    else:
+        radius = None  # the L-inf ball is the box itself
+    if target is None:
+        objective = lambda out: _margin(out, labels_t)
+        surrogate = ((lambda out: -_cross_entropy(out, labels_t)) if loss == "ce"
+                     else (lambda out: _multi_targeted(out, labels_t)))
+    else:
+        targets = torch.tensor(np.broadcast_to(target, labels_t.shape), dtype=torch.long, device=device)
+        if bool((targets == labels_t).any()) or targets.min() < 0 or targets.max() >= network.n_outputs:
+            raise SpecError("each target must be another class than its label")
+        objective = lambda out: _pick(out, labels_t) - _pick(out, targets)
+        surrogate = (lambda out: _cross_entropy(out, targets)) if loss == "ce" else objective
+    return _Forward(network, device, dtype), as_t(lo_np), as_t(hi_np), as_t(center_np), radius, objective, surrogate
+
+
+def _to_box(x: torch.Tensor, lo, hi) -> np.ndarray:
+    """x as float64 numpy, clipped to the float64 box: a no-op in float64, a guard when torch ran in float32
+    (rounding lo/hi to float32 can move them outside the box)."""
+    return np.clip(x.detach().cpu().numpy().astype(np.float64), np.atleast_2d(lo), np.atleast_2d(hi))
+
+
+def fgsm(network: Network, lo, hi, labels, *, target=None, loss: str = "margin", norm: str = "linf",
+         center=None, radius=None, device="cpu", dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Fast gradient sign method on B problems: boxes lo, hi (B, n), labels (B,), optional targets (B,).
+
+    One full step from center (B, n; default the box centres; the clean points for a clipped ball) into the set.
+    Returns x (B, n) and the objective there (B,): the margin ``f_label - max_{j != label} f_j`` (untargeted) or
+    ``f_label - f_target`` (targeted), negative = success. loss "margin" or "ce" picks the gradient's source.
+    """
+    forward, lo_t, hi_t, c_t, r_t, objective, surrogate = _setup(network, lo, hi, labels, target, loss, norm,
+                                                                  center, radius, device, dtype)
+    x = _fgsm_core(forward, lo_t, hi_t, surrogate, start=c_t, norm=norm, radius=r_t)
+    with torch.no_grad():
+        value = objective(forward(x[:, None]))[:, 0]
+    return _to_box(x, lo, hi), value.cpu().numpy().astype(np.float64)
+
+
+def pgd(network: Network, lo, hi, labels, *, target=None, loss: str = "margin", norm: str = "linf",
+        center=None, radius=None, restarts: int = 10, steps: int = 100, step_size: float = 0.5,
+        final_step: float = 0.005, leak: float = 0.1, seed: int = 0, early_exit: bool = True, device="cpu",
+        dtype=None, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Projected gradient descent of the margin (or ascent of the cross-entropy) on B problems at once.
+
+    Arguments as `fgsm`; restart 0 starts at center, the others at uniform random points of the set. With the
+    untargeted "margin" loss, restarts r >= 1 each descend ``f_label - f_j`` for one class j (`_multi_targeted`).
+    step_size and final_step: first and last step as fractions of the box half-width (L-inf, per coordinate) or
+    of the radius (L2), decaying geometrically. leak: gradient slope through inactive hidden ReLUs for restarts >= 1
+    (annealed to 0; see `_pgd_core`). early_exit: stop once every problem has a negative objective.
+    Deterministic under seed. Returns the best x (B, n) over restarts and steps and its objective (B,).
+    """
+    if restarts < 1 or steps < 0:
+        raise ValueError("restarts must be >= 1 and steps >= 0")
+    forward, lo_t, hi_t, c_t, r_t, objective, surrogate = _setup(network, lo, hi, labels, target, loss, norm,
+                                                                  center, radius, device, dtype)
+    generator = torch.Generator().manual_seed(int(seed))
+    x, value, _ = _pgd_core(forward, lo_t, hi_t, objective, surrogate, start=c_t, norm=norm, radius=r_t,
+                            restarts=restarts, steps=steps, step_size=step_size, final_step=final_step,
+                            generator=generator, stop="all" if early_exit else None, leak=leak,
+                            deadline=deadline)
+    return _to_box(x, lo, hi), value.cpu().numpy().astype(np.float64)
+
+
+# --- counterexample check ---------------------------------------------------------------------------------------
+def _snap_float32(x: np.ndarray, box: InputBox) -> np.ndarray:
+    """The float32 point nearest x (n,) that still lies in the box, coordinate by coordinate; coordinates whose
+    box interval holds no float32 number keep their float64 value. onnxruntime runs float32 models on float32
+    inputs, so a snapped point is evaluated at exactly the same input by both sides."""
+    x32 = x.astype(np.float32)
+    up = np.nextafter(x32, np.float32(np.inf))
+    down = np.nextafter(x32, np.float32(-np.inf))
+    x32 = np.where(x32.astype(np.float64) < box.lo, up, x32)
+    x32 = np.where(x32.astype(np.float64) > box.hi, down, x32)
+    snapped = x32.astype(np.float64)
+    return np.where((snapped >= box.lo) & (snapped <= box.hi), snapped, x)
+
+
+def _confirm(network: Network, box: InputBox, x: np.ndarray, value_of: Callable[[np.ndarray], float],
+             inclusive: bool) -> tuple[bool, dict]:
+    """Re-run x in onnxruntime: confirmed when x is in the box and value_of(onnxruntime outputs) < 0 (<= 0)."""
+    if not box.contains(x):
+        return False, {"reason": "the point lies outside the input box"}
+    from .onnx import run_onnxruntime  # the ONNX layer sits beside attacks; imported where it is needed
+
+    try:
+        ort_value = float(value_of(np.asarray(run_onnxruntime(network, x[None]), dtype=np.float64)[0]))
+    except Exception as error:  # a failed check is never a success; say why
+        return False, {"reason": f"onnxruntime check failed: {type(error).__name__}: {error}"}
+    ok = ort_value <= 0 if inclusive else ort_value < 0
+    info = {"onnxruntime_value": ort_value}
+    if not ok:
+        info["reason"] = f"onnxruntime does not confirm (its value {ort_value:.6g})"
+    return ok, info
+
+
+def _finish(network, box, x, value_of, inclusive, check, start, info) -> AttackResult:
+    """Snap a candidate to float32, confirm it when it violates, and package the result."""
+    value = float(value_of(network.forward(x)))
+    hit = (lambda v: v <= 0) if inclusive else (lambda v: v < 0)
+    if hit(value) and check:
+        snapped = _snap_float32(x, box)
+        snapped_value = float(value_of(network.forward(snapped)))
+        if hit(snapped_value):
+            x, value = snapped, snapped_value
+            success, more = _confirm(network, box, x, value_of, inclusive)
+        else:
+            success, more = False, {"reason": "the point stops violating when rounded to float32"}
+        info.update(more, confirmed=success)
+    else:
+        success = hit(value)
+        info["confirmed"] = False
+        if not success:
+            info.setdefault("reason", "no violating point found")
+    return AttackResult(x, value, success, time.perf_counter() - start, info)
+
+
+def _margin_np(y: np.ndarray, label: int) -> float:
+    return float(y[label] - np.max(np.delete(y, label)))
+
+
+# --- one sample, one property ---------------------------------------------------------------------------------
+def attack(network: Network, box: InputBox, label: int, method: str = "pgd", *, target: int | None = None,
+           loss: str = "margin", norm: str = "linf", center=None, eps: float | None = None, restarts: int = 10,
+           steps: int = 100, step_size: float = 0.5, final_step: float = 0.005, leak: float = 0.1,
+           early_exit: bool = False, seed: int = 0, device="cpu", dtype=None, check: bool = True) -> AttackResult:
+    """Attack one sample over the box (norm "linf") or the box intersected with the L2 ball (center, eps).
+
+    method "fgsm" or "pgd". value = the margin ``min_{j != label} f_label - f_j`` of our float64 forward at the
+    returned x: an upper bound on the robust margin. success: value < 0 (targeted: ``f_label - f_target < 0``),
+    confirmed by onnxruntime when check (else ``info["confirmed"]`` is False). center: the clean point (start
+    and L2 centre), default the box centre. early_exit is off by default: the lowest margin is the tighter upper
+    bound; `falsify` is the tool for "any violation will do".
+    """
+    start = time.perf_counter()
+    if method not in ("fgsm", "pgd"):
+        raise ValueError(f"unknown attack {method!r}; available: fgsm, pgd")
+    if box.n != network.n_inputs:
+        raise SpecError(f"input box has {box.n} entries, the network takes {network.n_inputs} inputs")
+    if norm == "l2" and eps is None:
+        raise SpecError("an L2 attack needs eps (the ball's radius)")
+    common = dict(target=None if target is None else [target], loss=loss, norm=norm,
+                  center=None if center is None else np.reshape(center, (1, -1)), radius=eps, device=device,
+                  dtype=dtype)
+    if method == "fgsm":
+        x, _ = fgsm(network, box.lo[None], box.hi[None], [label], **common)
+    else:
+        x, _ = pgd(network, box.lo[None], box.hi[None], [label], restarts=restarts, steps=steps,
+                   step_size=step_size, final_step=final_step, leak=leak, seed=seed, early_exit=early_exit,
+                   **common)
+    x = x[0]
+    info = {"method": method, "norm": norm, "loss": loss, "target": target, "restarts": restarts, "steps": steps}
+    if target is None:
+        return _finish(network, box, x, lambda y: _margin_np(y, label), False, check, start, info)
+    targeted = _finish(network, box, x, lambda y: float(y[label] - y[target]), False, check, start, info)
+    value = _margin_np(network.forward(targeted.x), label)
+    info["target_value"] = targeted.value
+    return AttackResult(targeted.x, value, targeted.success, targeted.seconds, info)
+
+
+def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | None = None,
+            steps: int | None = None, step_size: float = 0.1, final_step: float = 0.001, leak: float = 0.1,
+            seed: int = 0, time_limit: float = 10.0, rounds: int | None = None, device="cpu", dtype=None,
+            check: bool = True) -> AttackResult:
+    """Search the box for a point whose outputs reach an unsafe conjunction of prop.
+
+    Tries, in order: the box centre; the FGSM corner of each disjunct (gradient sign at the centre); then rounds
+    of PGD, all disjuncts in one batch with `restarts` starts each, minimising the violation
+    ``max_rows (C_k y - d_k)`` of each disjunct k. Round r uses seed + r; rounds continue until a point is
+    confirmed, `rounds` rounds ran (None = no limit), or time_limit seconds passed; rounds alternate step sizes
+    (ROUND_STEP_SCALES). restarts/steps default to a size-dependent choice (ROUND_WORK, BASE_STEPS), tuned on
+    ACAS Xu and MNIST (benchmarks/attacks.py). value =
+    ``prop.unsafe_value(f(x))`` of our float64 forward (<= 0: violated); success only once onnxruntime agrees
+    and x lies in the box. Without a success, x is the point of least value seen.
+    """
+    start = time.perf_counter()
+    deadline = start + time_limit
+    if box.n != network.n_inputs:
+        raise SpecError(f"input box has {box.n} entries, the network takes {network.n_inputs} inputs")
+    dtype = dtype or torch.float64
+    as_t = lambda a: torch.tensor(np.asarray(a, np.float64), dtype=dtype, device=device)
+    K, width = len(prop.disjuncts), max(C.shape[0] for C, _ in prop.disjuncts)
+    C_pad, d_pad, valid = np.zeros((K, width, network.n_outputs)), np.zeros((K, width)), np.zeros((K, width), bool)
+    for k, (C, d) in enumerate(prop.disjuncts):
+        C_pad[k, :C.shape[0]], d_pad[k, :C.shape[0]], valid[k, :C.shape[0]] = C, d, True
+    objective = _violation(as_t(C_pad), as_t(d_pad), torch.as_tensor(valid, device=device))
+    forward = _Forward(network, device, dtype)
+    lo, hi = as_t(np.repeat(box.lo[None], K, 0)), as_t(np.repeat(box.hi[None], K, 0))
+    centre = (lo + hi) / 2
+    value_of = lambda y: float(prop.unsafe_value(y))
+    if restarts is None:  # cheap nets get many restarts (narrow counterexamples), big ones more rounds instead
+        work = K * sum(a.weight.size for a in network.affines)
+        restarts = int(np.clip(ROUND_WORK // work, 8, MAX_RESTARTS))
+    if steps is None:  # sign steps need longer runs to cross (and explore) boxes of more dimensions
+        steps = int(round(BASE_STEPS + STEPS_PER_DOUBLING * max(0.0, np.log2(network.n_inputs / 5))))
+    info: dict = {"rounds": 0, "stage": None, "restarts": restarts, "steps": steps}
+    best: tuple[float, np.ndarray] = (np.inf, box.center)
+    rejected: list[dict] = []
+
+    def consider(xs: np.ndarray, stage: str) -> AttackResult | None:
+        """Try candidate points (any number, (M, n)) from the most violating; return a confirmed result."""
+        nonlocal best
+        values = prop.unsafe_value(network.forward(xs).reshape(len(xs), -1))  # (1, n) may read as one sample
+        for i in np.argsort(values, kind="stable"):
+            if values[i] < best[0]:
+                best = (float(values[i]), xs[i])
+            if values[i] > 0:
+                break
+            result = _finish(network, box, xs[i], value_of, True, check, start, dict(info, stage=stage))
+            if result.success or not check:
+                return result
+            rejected.append(result.info)
+        return None
+
+    found = consider(box.center[None], "centre")
+    if found is None:
+        corners = _fgsm_core(forward, lo, hi, objective, start=centre, norm="linf", radius=None)
+        found = consider(np.clip(corners.cpu().numpy().astype(np.float64), box.lo, box.hi), "fgsm")
+    round_index = 0
+    while found is None and time.perf_counter() < deadline and (rounds is None or round_index < rounds):
+        generator = torch.Generator().manual_seed(int(seed) + round_index)
+        size = ROUND_STEP_SCALES[round_index % len(ROUND_STEP_SCALES)]
+        x, _, _ = _pgd_core(forward, lo, hi, objective, objective, start=centre, norm="linf", radius=None,
+                            restarts=restarts, steps=steps, step_size=step_size * size,
+                            final_step=final_step * size, generator=generator, stop="any", leak=leak,
+                            inclusive=True, deadline=deadline)
+        round_index += 1
+        info["rounds"] = round_index
+        found = consider(np.clip(x.cpu().numpy().astype(np.float64), box.lo, box.hi), f"pgd round {round_index}")
+    if found is not None:
+        found.info["rounds"] = info["rounds"]
+        return AttackResult(found.x, found.value, found.success, time.perf_counter() - start, found.info)
+    info.update(reason="no violating point found" if not rejected else rejected[-1]["reason"],
+                rejected=len(rejected), confirmed=False)
+    x = best[1]
+    return AttackResult(x, value_of(network.forward(x)), False, time.perf_counter() - start, info)
+
+
+# --- linear models: the exact answer ---------------------------------------------------------------------------
+def linear_worst_case(weight, bias, box: InputBox, label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``min_{x in box} (w_label - w_j) x + (b_label - b_j)`` for each j != label (in order of j).
+
+    weight (n_out, n), bias (n_out,). A linear function is minimised over a box at the corner taking lo where its
+    coefficient is positive and hi where it is negative. Returns the minima (n_out - 1,) and the minimising
+    points (n_out - 1, n).
+    """
+    weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64).reshape(-1)
+    if weight.ndim != 2 or weight.shape[1] != box.n or bias.shape != (weight.shape[0],):
+        raise SpecError(f"weight {weight.shape} / bias {bias.shape} do not fit a box of {box.n} inputs")
+    if not 0 <= label < weight.shape[0]:
+        raise SpecError(f"label {label} out of range for {weight.shape[0]} outputs")
+    others = np.delete(np.arange(weight.shape[0]), label)
+    rows = weight[label] - weight[others]
+    offsets = bias[label] - bias[others]
+    points = np.where(rows > 0, box.lo, box.hi)
+    return np.einsum("jn,jn->j", rows, points) + offsets, points
+
+
+def binary_linear_worst(w, b: float, x, y: int, eps: float) -> tuple[np.ndarray, float]:
+    """The worst L-inf perturbation of a linear binary classifier sign(w.x + b) at (x, y), y in {-1, +1}.
+
+    Returns ``delta* = -y eps sign(w)`` (n,) and the worst margin ``y (w.x + b) - eps ||w||_1`` (no clipping).
+    """
+    if y not in (-1, 1):
+        raise SpecError(f"binary labels are -1 or +1, got {y}")
+    if not np.isfinite(eps) or eps < 0:
+        raise SpecError(f"eps must be a finite number >= 0, got {eps}")
+    w, x = np.asarray(w, np.float64).reshape(-1), np.asarray(x, np.float64).reshape(-1)
+    delta = -y * eps * np.sign(w)
+    return delta, float(y * (w @ x + b) - eps * np.abs(w).sum())

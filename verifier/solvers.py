@@ -1,0 +1,350 @@
+"""LP and MILP solving in matrix form: the only module that imports a solver (highspy, cvxpy).
+
+A problem is ``min c @ x + offset  s.t.  A_ub @ x <= b_ub,  A_eq @ x = b_eq,  lb <= x <= ub`` with optional
+integrality. It is loaded into a solver once (`open_model`) and solved for any number of objectives, which is how
+the triangle LP bounds every objective row and every neuron of a layer with one model.
+
+Backends:
+- ``"highs"`` (default): highspy directly. After the first solve HiGHS keeps its simplex basis, so re-solving with
+  a new objective is a warm start (measured on the MNIST 256x2 triangle LP: 0.04 s against 0.2 s for a cold solve).
+- ``"cvxpy-highs"``: the same solver through cvxpy with the objective as a parameter (kept for comparison; every
+  solve is a cold start, and the first one pays cvxpy's compilation).
+- ``"clarabel"``: the interior-point solver Clarabel through cvxpy, the fallback for LPs (no integrality).
+
+Dual values follow one convention on every backend: ``duals_ub >= 0`` and ``duals_eq`` are the multipliers y of
+the Lagrangian ``c @ x + y_ub @ (A_ub @ x - b_ub) + y_eq @ (A_eq @ x - b_eq)``, so at an optimum the reduced costs
+``c + A_ub.T @ y_ub + A_eq.T @ y_eq`` are >= 0 on variables at their lower bound, <= 0 at their upper bound and
+0 in between. A solver's numbers are not a proof: callers re-derive sound bounds from them (DESIGN.md rule 2).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+OPTIMAL = "optimal"
+INFEASIBLE = "infeasible"  # also: no point with objective below the cutoff (MILP with ``cutoff``)
+TIME_LIMIT = "time_limit"
+INACCURATE = "inaccurate"
+ERROR = "error"
+STATUSES = (OPTIMAL, INFEASIBLE, TIME_LIMIT, INACCURATE, ERROR)
+BACKENDS = ("highs", "cvxpy-highs", "clarabel")
+
+
+@dataclass(frozen=True, eq=False)
+class LinearProblem:
+    """``min c @ x + offset`` s.t. ``A_ub @ x <= b_ub``, ``A_eq @ x = b_eq``, ``lb <= x <= ub`` (±inf allowed).
+
+    c, lb, ub (n,); A_ub (m_ub, n), A_eq (m_eq, n) scipy sparse (or dense; stored as CSR float64); b_ub (m_ub,),
+    b_eq (m_eq,); integrality (n,) bool or None (x[j] integer where True).
+    """
+
+    c: np.ndarray
+    A_ub: sp.csr_matrix
+    b_ub: np.ndarray
+    A_eq: sp.csr_matrix
+    b_eq: np.ndarray
+    lb: np.ndarray
+    ub: np.ndarray
+    integrality: np.ndarray | None = None
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        c = np.asarray(self.c, dtype=np.float64).reshape(-1)
+        n = c.size
+        vectors = {"c": c}
+        for name in ("b_ub", "b_eq", "lb", "ub"):
+            vectors[name] = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1)
+        for name in ("A_ub", "A_eq"):
+            matrix = sp.csr_matrix(getattr(self, name), dtype=np.float64)
+            rhs = vectors["b" + name[1:]]
+            if matrix.shape != (rhs.size, n):
+                raise ValueError(f"{name} has shape {matrix.shape}, expected ({rhs.size}, {n})")
+            object.__setattr__(self, name, matrix)
+        if vectors["lb"].shape != (n,) or vectors["ub"].shape != (n,):
+            raise ValueError("lb and ub must have one entry per variable")
+        for name, value in vectors.items():
+            object.__setattr__(self, name, value)
+        if self.integrality is not None:
+            integrality = np.asarray(self.integrality, dtype=bool).reshape(-1)
+            if integrality.shape != (n,):
+                raise ValueError("integrality must have one entry per variable")
+            object.__setattr__(self, "integrality", integrality if integrality.any() else None)
+
+    @property
+    def n(self) -> int:
+        return self.c.size
+
+    @property
+    def is_mip(self) -> bool:
+        return self.integrality is not None
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """One solve. x (n,) the primal point (None if the solver has none); objective includes the offset;
+    duals_ub (m_ub,) >= 0 and duals_eq (m_eq,) the LP multipliers (module docstring; None for MILPs or on
+    failure); dual_bound: for a MILP the solver's proven lower bound on the objective (its claim, within its
+    tolerances), for an LP the objective of its dual solution; nan when unknown."""
+
+    status: str
+    x: np.ndarray | None
+    objective: float
+    duals_ub: np.ndarray | None = None
+    duals_eq: np.ndarray | None = None
+    dual_bound: float = float("nan")
+    seconds: float = 0.0
+    backend: str = ""
+    info: dict = field(default_factory=dict)
+
+
+class Model:
+    """A problem loaded into a solver once; `solve` takes a new objective each call."""
+
+    def __init__(self, problem: LinearProblem, backend: str) -> None:
+        self.problem = problem
+        self.backend = backend
+
+    def solve(self, c: np.ndarray | None = None, offset: float | None = None, *, time_limit: float | None = None,
+              cutoff: float | None = None, start: np.ndarray | None = None) -> Solution:
+        """Minimize ``c @ x + offset`` (default: the problem's). cutoff (MILP only): only points with objective
+        below it are of interest; the solve may stop with INFEASIBLE, which then proves ``min >= cutoff``.
+        start (n,): a feasible point offered to a MILP solver as its first incumbent (ignored by cvxpy)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------------- highspy
+@contextlib.contextmanager
+def _silenced_stdout():
+    """Send C-level writes to file descriptor 1 to /dev/null: HiGHS prints a banner to stdout the first time an
+    instance is made in a process, whatever its options, which would corrupt the CLI's JSON output."""
+    try:
+        saved = os.dup(1)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stdout.flush()
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # what C buffered goes to /dev/null, not to the restored stdout
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+_HIGHS_STATUS = {"kOptimal": OPTIMAL, "kInfeasible": INFEASIBLE, "kTimeLimit": TIME_LIMIT,
+                 "kObjectiveBound": INFEASIBLE, "kIterationLimit": TIME_LIMIT, "kUnknown": INACCURATE,
+                 "kInterrupt": TIME_LIMIT, "kSolutionLimit": TIME_LIMIT}
+
+
+class HighsModel(Model):
+    """highspy backend: one `Highs` instance holding the model; warm-started re-solves."""
+
+    def __init__(self, problem: LinearProblem, threads: int = 1) -> None:
+        super().__init__(problem, "highs")
+        import highspy
+
+        self._highspy = highspy
+        with _silenced_stdout():
+            h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("threads", int(threads))
+        if problem.is_mip:  # exactness: the default gaps (1e-4 relative) would stop far from the optimum
+            h.setOptionValue("mip_rel_gap", 1e-9)
+            h.setOptionValue("mip_abs_gap", 1e-9)
+        else:  # LPs here are small and re-solved warm: presolve cost more than it saved (0.27 s vs 0.12 s cold)
+            h.setOptionValue("presolve", "off")
+        inf = highspy.kHighsInf
+        # rows: [A_ub; A_eq] with row bounds (-inf, b_ub] and [b_eq, b_eq]
+        matrix = (sp.vstack([problem.A_ub, problem.A_eq]) if problem.A_eq.shape[0] else problem.A_ub).tocsc()
+        lp = highspy.HighsLp()
+        lp.num_col_ = problem.n
+        lp.num_row_ = matrix.shape[0]
+        lp.col_cost_ = problem.c
+        lp.col_lower_ = np.where(np.isfinite(problem.lb), problem.lb, -inf)
+        lp.col_upper_ = np.where(np.isfinite(problem.ub), problem.ub, inf)
+        lp.row_lower_ = np.concatenate([np.full(problem.A_ub.shape[0], -inf), problem.b_eq])
+        lp.row_upper_ = np.concatenate([problem.b_ub, problem.b_eq])
+        lp.offset_ = float(problem.offset)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = matrix.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = matrix.indices.astype(np.int32)
+        lp.a_matrix_.value_ = matrix.data
+        lp.a_matrix_.num_col_ = problem.n
+        lp.a_matrix_.num_row_ = matrix.shape[0]
+        if problem.is_mip:
+            lp.integrality_ = [highspy.HighsVarType.kInteger if flag else highspy.HighsVarType.kContinuous
+                               for flag in problem.integrality]
+        status = h.passModel(lp)
+        if status == highspy.HighsStatus.kError:
+            raise ValueError("HiGHS rejected the model")
+        self._h = h
+        self._c = problem.c.copy()
+        self._offset = float(problem.offset)
+        self._all_cols = np.arange(problem.n, dtype=np.int32)
+
+    def solve(self, c=None, offset=None, *, time_limit=None, cutoff=None, start=None) -> Solution:
+        begin = time.perf_counter()
+        h, problem = self._h, self.problem
+        if c is not None:
+            c = np.asarray(c, dtype=np.float64).reshape(-1)
+            changed = np.flatnonzero(c != self._c).astype(np.int32)
+            if changed.size:
+                h.changeColsCost(changed.size, changed, c[changed])
+                self._c = c.copy()
+        if offset is not None and float(offset) != self._offset:
+            h.changeObjectiveOffset(float(offset))
+            self._offset = float(offset)
+        h.setOptionValue("time_limit", float(time_limit) if time_limit is not None else self._highspy.kHighsInf)
+        h.setOptionValue("objective_bound", float(cutoff) if cutoff is not None else self._highspy.kHighsInf)
+        if start is not None and problem.is_mip:
+            h.setSolution(problem.n, self._all_cols, np.asarray(start, dtype=np.float64))
+        h.run()
+        model_status = h.getModelStatus()
+        status = _HIGHS_STATUS.get(model_status.name, ERROR)
+        info = h.getInfo()
+        solution = h.getSolution()
+        has_point = info.primal_solution_status == self._highspy.kSolutionStatusFeasible
+        x = np.array(solution.col_value, dtype=np.float64) if has_point else None
+        objective = float(info.objective_function_value) if has_point else float("nan")
+        details = {"solver_status": model_status.name}
+        if problem.is_mip:
+            details["nodes"] = int(info.mip_node_count)
+            dual_bound = float(info.mip_dual_bound)
+            if status == OPTIMAL:
+                dual_bound = min(dual_bound, objective)
+            if cutoff is not None:
+                # With a cutoff HiGHS prunes every node that cannot go below it, then may call an incumbent above
+                # the cutoff (a given start) "optimal" with its objective as the bound: measured, and false. What
+                # is proven is min >= min(cutoff, anything found below it).
+                dual_bound = float(cutoff) if status == INFEASIBLE else min(dual_bound, float(cutoff))
+            return Solution(status, x, objective, None, None, dual_bound, time.perf_counter() - begin, "highs",
+                            details)
+        details["iterations"] = int(info.simplex_iteration_count)
+        duals_ub = duals_eq = None
+        dual_bound = float("nan")
+        if status == OPTIMAL and info.dual_solution_status == self._highspy.kSolutionStatusFeasible:
+            row_dual = -np.array(solution.row_dual, dtype=np.float64)  # HiGHS: c - A.T @ row_dual = reduced cost
+            m_ub = problem.A_ub.shape[0]
+            duals_ub, duals_eq = row_dual[:m_ub], row_dual[m_ub:]
+            dual_bound = objective
+        elif status == OPTIMAL:
+            status = INACCURATE
+        return Solution(status, x, objective, duals_ub, duals_eq, dual_bound, time.perf_counter() - begin,
+                        "highs", details)
+
+
+# ----------------------------------------------------------------------------------------------------- cvxpy
+class CvxpyModel(Model):
+    """cvxpy backend (HiGHS or Clarabel) with the objective vector as a parameter, compiled on first solve."""
+
+    def __init__(self, problem: LinearProblem, solver: str = "CLARABEL", threads: int = 1) -> None:
+        super().__init__(problem, "clarabel" if solver == "CLARABEL" else "cvxpy-highs")
+        import cvxpy as cp
+
+        if problem.is_mip and solver == "CLARABEL":
+            raise ValueError("Clarabel solves LPs only; use the highs backend for a MILP")
+        self._cp = cp
+        self._solver = solver
+        self._threads = threads
+        integer = ([int(j) for j in np.flatnonzero(problem.integrality)],) if problem.is_mip else False
+        x = cp.Variable(problem.n, integer=integer)
+        self._cost = cp.Parameter(problem.n, value=problem.c)
+        self._offset = cp.Parameter(value=float(problem.offset))
+        self._ub_rows = problem.A_ub @ x <= problem.b_ub
+        self._eq_rows = problem.A_eq @ x == problem.b_eq
+        constraints = [self._ub_rows, self._eq_rows]
+        low, high = np.isfinite(problem.lb), np.isfinite(problem.ub)
+        if low.any():
+            constraints.append(x[np.flatnonzero(low)] >= problem.lb[low])
+        if high.any():
+            constraints.append(x[np.flatnonzero(high)] <= problem.ub[high])
+        self._x = x
+        self._problem = cp.Problem(cp.Minimize(self._cost @ x + self._offset), constraints)
+
+    def solve(self, c=None, offset=None, *, time_limit=None, cutoff=None, start=None) -> Solution:
+        begin = time.perf_counter()
+        cp, problem = self._cp, self.problem
+        if c is not None:
+            self._cost.value = np.asarray(c, dtype=np.float64).reshape(-1)
+        if offset is not None:
+            self._offset.value = float(offset)
+        options: dict = {}
+        if time_limit is not None:
+            options["time_limit"] = float(time_limit)
+        if self._solver == "HIGHS":
+            options["threads"] = int(self._threads)
+            if problem.is_mip:
+                options.update(mip_rel_gap=1e-9, mip_abs_gap=1e-9)
+        try:
+            with _silenced_stdout():
+                # warm_start=False: cvxpy's HiGHS warm start made re-solves 10-25x slower (or hang) here
+                self._problem.solve(solver=self._solver, warm_start=False, **options)
+        except cp.error.SolverError as exc:
+            return Solution(ERROR, None, float("nan"), seconds=time.perf_counter() - begin, backend=self.backend,
+                            info={"solver_status": str(exc)})
+        raw = self._problem.status
+        status = {cp.OPTIMAL: OPTIMAL, cp.OPTIMAL_INACCURATE: INACCURATE, cp.INFEASIBLE: INFEASIBLE,
+                  cp.USER_LIMIT: TIME_LIMIT}.get(raw, ERROR)
+        has_point = self._x.value is not None and status in (OPTIMAL, INACCURATE, TIME_LIMIT)
+        x = np.array(self._x.value, dtype=np.float64) if has_point else None
+        objective = float(self._problem.value) if has_point else float("nan")
+        duals_ub = duals_eq = None
+        dual_bound = float("nan")
+        if status == OPTIMAL and not problem.is_mip:
+            duals_ub = np.asarray(self._ub_rows.dual_value, dtype=np.float64).reshape(-1)
+            duals_eq = np.asarray(self._eq_rows.dual_value, dtype=np.float64).reshape(-1)
+            dual_bound = objective
+        elif problem.is_mip and status == OPTIMAL:
+            dual_bound = objective
+        stats = self._problem.solver_stats
+        solver_s = stats.solve_time if stats is not None and stats.solve_time is not None else float("nan")
+        return Solution(status, x, objective, duals_ub, duals_eq, dual_bound, time.perf_counter() - begin,
+                        self.backend, {"solver_status": raw, "solver_s": float(solver_s)})
+
+
+def open_model(problem: LinearProblem, backend: str = "highs", *, threads: int = 1) -> Model:
+    """Load the problem into the chosen backend (`BACKENDS`); solve it with ``model.solve(c)``."""
+    if backend == "highs":
+        return HighsModel(problem, threads=threads)
+    if backend == "cvxpy-highs":
+        return CvxpyModel(problem, "HIGHS", threads=threads)
+    if backend == "clarabel":
+        return CvxpyModel(problem, "CLARABEL", threads=threads)
+    raise ValueError(f"unknown solver backend {backend!r}; available: {', '.join(BACKENDS)}")
+
+
+def solve(problem: LinearProblem, backend: str = "highs", *, time_limit: float | None = None,
+          cutoff: float | None = None, threads: int = 1) -> Solution:
+    """Solve one problem once (see `open_model` for repeated objectives)."""
+    return open_model(problem, backend, threads=threads).solve(time_limit=time_limit, cutoff=cutoff)
+
+
+def lagrangian_bound(problem: LinearProblem, duals_ub: np.ndarray, duals_eq: np.ndarray, lower: np.ndarray,
+                     upper: np.ndarray, c: np.ndarray | None = None, offset: float | None = None) -> float:
+    """A lower bound on ``c @ x + offset`` over ``{A_ub x <= b_ub, A_eq x = b_eq, lower <= x <= upper}`` from any
+    multipliers (weak duality; no optimality needed): ``min_{lower <= x <= upper} r @ x + offset - y_ub @ b_ub -
+    y_eq @ b_eq`` with ``r = c + A_ub.T @ y_ub + A_eq.T @ y_eq`` and y_ub clipped at 0. lower/upper (n,) may be
+    tighter than the problem's own bounds (e.g. valid bounds of variables the LP leaves free), as long as they
+    contain every point the bound must cover; -inf if a variable with a nonzero reduced cost is unbounded.
+    A relative margin of 1e-13 of the terms' magnitude covers float64 rounding."""
+    c = problem.c if c is None else np.asarray(c, dtype=np.float64)
+    offset = problem.offset if offset is None else float(offset)
+    y_ub = np.maximum(np.asarray(duals_ub, dtype=np.float64), 0.0)
+    y_eq = np.asarray(duals_eq, dtype=np.float64)
+    r = c + problem.A_ub.T @ y_ub + problem.A_eq.T @ y_eq
+    with np.errstate(invalid="ignore"):  # 0 * inf where r_j == 0: that term is 0
+        at = np.where(r > 0, r * lower, np.where(r < 0, r * upper, 0.0))
+    if not np.all(np.isfinite(at)):
+        return float("-inf")
+    terms = np.concatenate([at, -y_ub * problem.b_ub, -y_eq * problem.b_eq])
+    return float(terms.sum() + offset - 1e-13 * (np.abs(terms).sum() + abs(offset)))
