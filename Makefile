@@ -15,7 +15,7 @@ $(BIN)/verify: pyproject.toml
 setup: $(BIN)/verify
 
 demo: setup
-	$(BIN)/verify models/digits_mlp.onnx --eps 0.02 --limit 10 --method pgd,ibp,dual,lp,milp
+	$(BIN)/verify models/digits_mlp.onnx --eps 0.05 --limit 20 --method pgd,ibp,dual,lp,milp
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -156,7 +156,7 @@ def run_robustness(args) -> int:
                "dual": {"slopes": args.slopes, "device": args.device},
                "lp": {"intermediate": args.intermediate},
                "milp": {"intermediate": args.intermediate, "time_limit": args.time_limit}}
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     console.print(f"{args.model}: {network.summary()}; {len(xs)} samples, eps {args.eps}, methods {', '.join(methods)}")
     with Progress(console=console, transient=True, disable=len(xs) < 2) as progress:
         task = progress.add_task("verifying", total=len(xs))
@@ -198,7 +198,7 @@ def run_smoothing(args) -> int:
     xs, labels, start = load_samples(args, network.n_inputs, network.n_outputs)
     smoothed = Smoothed(network, args.smoothing, network.n_outputs, device=args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     records = []
     with Progress(console=console, transient=True, disable=len(xs) < 2) as progress:
         task = progress.add_task("certifying", total=len(xs))

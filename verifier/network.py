@@ -127,9 +127,10 @@ class Network:
 
     # --- evaluation ------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for x of shape (n_inputs,) -> (n_outputs,) or (N, ...) -> (N, n_outputs), float64."""
+        """Outputs for x of shape (n_inputs,) or input_shape -> (n_outputs,); (N, ...) -> (N, n_outputs); float64."""
         x = np.asarray(x, dtype=np.float64)
-        single = x.size == self.n_inputs and (x.ndim <= 1 or x.shape == self.input_shape)
+        # one sample: a flat vector, or exactly the declared shape when that has extra axes ((1,1,1,5), not (1,n))
+        single = x.size == self.n_inputs and (x.ndim <= 1 or (x.ndim > 2 and x.shape == self.input_shape))
         h = x.reshape(1 if single else x.shape[0], self.n_inputs)
         for layer in self.layers:
             h = layer.forward(h)
