@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--no-clip", action="store_true", help="do not clip the ball")
     what.add_argument("--method", default=DEFAULT_METHODS,
                       help=f"comma list of pgd, fgsm, ibp, dual, lp, milp (default {DEFAULT_METHODS})")
+    prop = p.add_argument_group("a VNN-LIB property (complete verification)")
+    prop.add_argument("--vnnlib", help="VNN-LIB file: decide whether the property holds on the model")
+    prop.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole property (default 60)")
+    prop.add_argument("--result-file", help="write the VNN-COMP result (sat + assignment / unsat / unknown / "
+                                            "timeout) here")
     opts = p.add_argument_group("method options")
     opts.add_argument("--slopes", choices=["wk", "adaptive", "opt"], default="adaptive",
                       help="lower ReLU slopes of the dual pass (default adaptive)")
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, parser) -> int:
     if args.model is None:
         parser.error("give a MODEL.onnx")
+    if args.vnnlib is not None:
+        return run_vnnlib(args)
     if args.smoothing is not None:
         return run_smoothing(args)
     if args.eps is None:
@@ -175,6 +183,34 @@ def run_robustness(args) -> int:
     if args.json:
         print(json.dumps(doc, indent=1))
     return 130 if interrupted else 0
+
+
+def run_vnnlib(args) -> int:
+    """Verify a VNN-LIB property: print the verdict (and the result file) as VNN-COMP expects."""
+    from .onnx import load_onnx
+    from .verify import RESULT_WORDS, verify_instance, write_result_file
+
+    if not (args.timeout > 0 and np.isfinite(args.timeout)):
+        raise InputError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    if not Path(args.vnnlib).is_file():
+        raise InputError(f"{args.vnnlib}: no such file")
+    network = load_onnx(args.model)
+    start = time.perf_counter()
+    verdict = verify_instance(network, args.vnnlib, args.timeout)
+    seconds = time.perf_counter() - start
+    print(f"{verdict.status} ({RESULT_WORDS[verdict.status]}) in {seconds:.2f} s", file=sys.stderr)
+    if args.json:
+        doc = {"model": str(args.model), "vnnlib": str(args.vnnlib), "verdict": verdict.status,
+               "result": RESULT_WORDS[verdict.status], "seconds": seconds, "stats": verdict.stats}
+        if verdict.counterexample is not None:
+            doc["counterexample"] = {"x": [float(v) for v in verdict.counterexample[0]],
+                                     "y": [float(v) for v in np.ravel(verdict.counterexample[1])]}
+        print(json.dumps(doc, indent=1, default=float))
+    else:
+        print(RESULT_WORDS[verdict.status])
+    if args.result_file:
+        write_result_file(args.result_file, verdict)
+    return 0
 
 
 SMOOTHING_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
