@@ -6,10 +6,11 @@ SUITE_DIR (default ../shared/benchmarks) holds mnist_fc/. Each property is a rob
 disjunct ``y_label - y_j <= 0`` per j, so it holds (VNN-COMP "unsat") iff the minimum over the rows of the MILP's
 lower bound is > 0, and is violated ("sat") iff a point has a row < 0 (re-checked by onnxruntime on the ONNX file).
 
-Default run: the configuration the verifier uses for a verdict, `milp.bound(objective="min", stop_below=0)` with
-alpha-CROWN layer bounds: rows most suspicious first, each MILP cut off at the best value so far, stop at the
-first violation. --compare also times the exact minimum margin (no early stop) with every `objective`
-("min", "rows", "min-selector") and with LP-all layer bounds (intermediate="lp"). Run with OMP_NUM_THREADS=1.
+Default run: the configuration for a verdict, `milp.bound(decide=0)` with alpha-CROWN layer bounds: rows the
+dual pass already puts above 0 need no MILP, the others are solved most suspicious first, each MILP constrained to
+values <= 1e-6 (so that infeasibility proves the row > 0), and the search stops at the first row below 0.
+--compare also times the exact minimum margin (no early stop) with every `objective` ("min", "rows",
+"min-selector") and with LP-all layer bounds (intermediate="lp"). Run with OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def main() -> None:
     for p in props:
         net, box, C, d = load(args.suite, p)
         start = time.perf_counter()
-        res = milp.bound(net, box, C, d, objective="min", stop_below=0.0, time_limit=args.time_limit)
+        res = milp.bound(net, box, C, d, decide=0.0, time_limit=args.time_limit)
         seconds = time.perf_counter() - start
         got = verdict(res, onnx_path, C, d)
         want = expected.get(f"vnnlib/prop_{p}_0.03.vnnlib", "?")

@@ -4,12 +4,15 @@ A problem is ``min c @ x + offset  s.t.  A_ub @ x <= b_ub,  A_eq @ x = b_eq,  lb
 integrality. It is loaded into a solver once (`open_model`) and solved for any number of objectives, which is how
 the triangle LP bounds every objective row and every neuron of a layer with one model.
 
-Backends:
-- ``"highs"`` (default): highspy directly. After the first solve HiGHS keeps its simplex basis, so re-solving with
-  a new objective is a warm start (measured on the MNIST 256x2 triangle LP: 0.04 s against 0.2 s for a cold solve).
-- ``"cvxpy-highs"``: the same solver through cvxpy with the objective as a parameter (kept for comparison; every
-  solve is a cold start, and the first one pays cvxpy's compilation).
-- ``"clarabel"``: the interior-point solver Clarabel through cvxpy, the fallback for LPs (no integrality).
+Backends (measured on the MNIST 256x2 triangle LP, 1808 variables, 267k nonzeros, 9 objectives, same layer bounds;
+`benchmarks/bounds.py --backends`, two runs on a shared 2-core machine):
+- ``"highs"`` (default): highspy directly. HiGHS keeps its simplex basis, so a new objective is a warm start:
+  load 0.04-0.05 s, first solve 0.03-0.06 s, later ones 0.01-0.02 s; 0.14-0.27 s for the 9 rows.
+- ``"cvxpy-highs"``: the same solver through cvxpy with the objective as a parameter: building the cvxpy problem
+  1.0-1.4 s, compilation 0.13-0.23 s, and every solve cold (0.18-0.26 s; cvxpy's warm_start=True was 10-25x
+  slower still): 2.9-3.8 s for the 9 rows, 14-20x the direct route. Kept for comparison.
+- ``"clarabel"``: the interior-point solver Clarabel through cvxpy (2.5 s a solve, 24 s for the 9 rows): the
+  fallback for LPs that HiGHS fails on (no integrality).
 
 Dual values follow one convention on every backend: ``duals_ub >= 0`` and ``duals_eq`` are the multipliers y of
 the Lagrangian ``c @ x + y_ub @ (A_ub @ x - b_ub) + y_eq @ (A_eq @ x - b_eq)``, so at an optimum the reduced costs
@@ -35,6 +38,10 @@ INACCURATE = "inaccurate"
 ERROR = "error"
 STATUSES = (OPTIMAL, INFEASIBLE, TIME_LIMIT, INACCURATE, ERROR)
 BACKENDS = ("highs", "cvxpy-highs", "clarabel")
+# HiGHS's sub-MIP heuristics (RINS, RENS, root reduced cost) took 75 % of the time of the MNIST 256x2 big-M MILPs
+# (29 binaries: 5.8 s -> 1.4 s per row without them); the verifier offers its own incumbents instead.
+MILP_QUICK = {"mip_heuristic_run_rins": False, "mip_heuristic_run_rens": False,
+              "mip_heuristic_run_root_reduced_cost": False}
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,8 +120,10 @@ class Model:
 
     def solve(self, c: np.ndarray | None = None, offset: float | None = None, *, time_limit: float | None = None,
               cutoff: float | None = None, start: np.ndarray | None = None) -> Solution:
-        """Minimize ``c @ x + offset`` (default: the problem's). cutoff (MILP only): only points with objective
-        below it are of interest; the solve may stop with INFEASIBLE, which then proves ``min >= cutoff``.
+        """Minimize ``c @ x + offset`` (default: the problem's). cutoff (highs backend): only points with objective
+        at most it are of interest (the constraint ``c @ x + offset <= cutoff`` is added); INFEASIBLE then proves
+        ``min > cutoff`` (to the solver's tolerance) and dual_bound is min(cutoff, the bound it proved). The cvxpy
+        backends ignore it (they solve the whole problem, which is sound, only slower).
         start (n,): a feasible point offered to a MILP solver as its first incumbent (ignored by cvxpy)."""
         raise NotImplementedError
 
@@ -149,7 +158,7 @@ _HIGHS_STATUS = {"kOptimal": OPTIMAL, "kInfeasible": INFEASIBLE, "kTimeLimit": T
 class HighsModel(Model):
     """highspy backend: one `Highs` instance holding the model; warm-started re-solves."""
 
-    def __init__(self, problem: LinearProblem, threads: int = 1) -> None:
+    def __init__(self, problem: LinearProblem, threads: int = 1, options: dict | None = None) -> None:
         super().__init__(problem, "highs")
         import highspy
 
@@ -163,6 +172,9 @@ class HighsModel(Model):
             h.setOptionValue("mip_abs_gap", 1e-9)
         else:  # LPs here are small and re-solved warm: presolve cost more than it saved (0.27 s vs 0.12 s cold)
             h.setOptionValue("presolve", "off")
+        for name, value in (options or {}).items():
+            if h.setOptionValue(name, value) == highspy.HighsStatus.kError:
+                raise ValueError(f"HiGHS rejected option {name}={value!r}")
         inf = highspy.kHighsInf
         # rows: [A_ub; A_eq] with row bounds (-inf, b_ub] and [b_eq, b_eq]
         matrix = (sp.vstack([problem.A_ub, problem.A_eq]) if problem.A_eq.shape[0] else problem.A_ub).tocsc()
@@ -191,6 +203,28 @@ class HighsModel(Model):
         self._c = problem.c.copy()
         self._offset = float(problem.offset)
         self._all_cols = np.arange(problem.n, dtype=np.int32)
+        self._cutoff_row: int | None = None  # the row ``c @ x <= cutoff - offset``, added on first use
+        self._cutoff_coef = np.zeros(problem.n)
+
+    def _set_cutoff(self, cutoff: float | None) -> None:
+        """A cutoff as an explicit row of the model (left unbounded when a later solve has none). HiGHS's own
+        option for it (objective_bound) did not prune (measured: a row with minimum 0.934 and cutoff 0.9316 was
+        solved to 0.934 in the same time) and let an incumbent above it come back as "optimal" with its value as
+        the bound, which is false."""
+        h, inf = self._h, self._highspy.kHighsInf
+        if cutoff is None:
+            if self._cutoff_row is not None:
+                h.changeRowBounds(self._cutoff_row, -inf, inf)
+            return
+        if self._cutoff_row is None:
+            cols = np.flatnonzero(self._c).astype(np.int32)
+            self._cutoff_row = h.getNumRow()
+            h.addRow(-inf, inf, cols.size, cols, self._c[cols])
+        else:
+            for col in np.flatnonzero(self._c != self._cutoff_coef):
+                h.changeCoeff(self._cutoff_row, int(col), float(self._c[col]))
+        self._cutoff_coef = self._c.copy()
+        h.changeRowBounds(self._cutoff_row, -inf, float(cutoff) - self._offset)
 
     def solve(self, c=None, offset=None, *, time_limit=None, cutoff=None, start=None) -> Solution:
         begin = time.perf_counter()
@@ -205,7 +239,7 @@ class HighsModel(Model):
             h.changeObjectiveOffset(float(offset))
             self._offset = float(offset)
         h.setOptionValue("time_limit", float(time_limit) if time_limit is not None else self._highspy.kHighsInf)
-        h.setOptionValue("objective_bound", float(cutoff) if cutoff is not None else self._highspy.kHighsInf)
+        self._set_cutoff(cutoff)
         if start is not None and problem.is_mip:
             h.setSolution(problem.n, self._all_cols, np.asarray(start, dtype=np.float64))
         h.run()
@@ -222,10 +256,7 @@ class HighsModel(Model):
             dual_bound = float(info.mip_dual_bound)
             if status == OPTIMAL:
                 dual_bound = min(dual_bound, objective)
-            if cutoff is not None:
-                # With a cutoff HiGHS prunes every node that cannot go below it, then may call an incumbent above
-                # the cutoff (a given start) "optimal" with its objective as the bound: measured, and false. What
-                # is proven is min >= min(cutoff, anything found below it).
+            if cutoff is not None:  # solved over {objective <= cutoff}: min >= min(cutoff, that problem's bound)
                 dual_bound = float(cutoff) if status == INFEASIBLE else min(dual_bound, float(cutoff))
             return Solution(status, x, objective, None, None, dual_bound, time.perf_counter() - begin, "highs",
                             details)
@@ -234,11 +265,13 @@ class HighsModel(Model):
         dual_bound = float("nan")
         if status == OPTIMAL and info.dual_solution_status == self._highspy.kSolutionStatusFeasible:
             row_dual = -np.array(solution.row_dual, dtype=np.float64)  # HiGHS: c - A.T @ row_dual = reduced cost
-            m_ub = problem.A_ub.shape[0]
-            duals_ub, duals_eq = row_dual[:m_ub], row_dual[m_ub:]
+            m_ub, m_eq = problem.A_ub.shape[0], problem.A_eq.shape[0]
+            duals_ub, duals_eq = row_dual[:m_ub], row_dual[m_ub:m_ub + m_eq]
             dual_bound = objective
         elif status == OPTIMAL:
             status = INACCURATE
+        elif status == INFEASIBLE and cutoff is not None:
+            dual_bound = float(cutoff)
         return Solution(status, x, objective, duals_ub, duals_eq, dual_bound, time.perf_counter() - begin,
                         "highs", details)
 
@@ -312,10 +345,12 @@ class CvxpyModel(Model):
                         self.backend, {"solver_status": raw, "solver_s": float(solver_s)})
 
 
-def open_model(problem: LinearProblem, backend: str = "highs", *, threads: int = 1) -> Model:
-    """Load the problem into the chosen backend (`BACKENDS`); solve it with ``model.solve(c)``."""
+def open_model(problem: LinearProblem, backend: str = "highs", *, threads: int = 1,
+               highs_options: dict | None = None) -> Model:
+    """Load the problem into the chosen backend (`BACKENDS`); solve it with ``model.solve(c)``.
+    highs_options: raw HiGHS options for the "highs" backend (e.g. `MILP_QUICK`)."""
     if backend == "highs":
-        return HighsModel(problem, threads=threads)
+        return HighsModel(problem, threads=threads, options=highs_options)
     if backend == "cvxpy-highs":
         return CvxpyModel(problem, "HIGHS", threads=threads)
     if backend == "clarabel":

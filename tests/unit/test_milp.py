@@ -130,7 +130,7 @@ def test_time_limit_keeps_both_sides_valid():
     assert res.seconds < 10
 
 
-def test_stop_below_and_starts():
+def test_decide_and_starts():
     # a problem whose box centre is safe (every row > 0) but whose most suspicious row goes below 0
     for seed in range(100):
         _, net, box, C, d = small(seed, radius=0.5)
@@ -138,13 +138,28 @@ def test_stop_below_and_starts():
         first = int(np.argmin(dual.bound(net, box, C, d, slopes="opt").lower))
         if np.all(C @ net.forward(box.center) + d > 0) and exact[first] < 0:
             break
-    res = milp.bound(net, box, C, d, objective="min", stop_below=0.0)
+    res = milp.bound(net, box, C, d, objective="min", decide=0.0)
     assert res.upper[first] == pytest.approx(exact[first], abs=1e-9) and res.upper.min() < 0
     assert res.info["status"][first] == "optimal"
     assert res.info["status"].count("skipped") == len(C) - 1  # decided: the other rows are not solved
     assert np.all(res.lower <= exact + 1e-9)
     # a start point at a violating point decides it before any MILP runs
-    quick = milp.bound(net, box, C, d, objective="min", stop_below=0.0, starts=res.x[first][None])
+    quick = milp.bound(net, box, C, d, objective="min", decide=0.0, starts=res.x[first][None])
     assert set(quick.info["status"]) == {"skipped"} and quick.upper.min() == pytest.approx(exact[first], abs=1e-9)
     with pytest.raises(ValueError):
         milp.bound(net, box, C, d, objective="max")
+
+
+def test_decide_proves_a_safe_problem_without_exact_values():
+    # safe (exact minima 0.54, 0.20, 0.38) but the dual pass (adaptive) cannot show it for the second row: that
+    # row needs a MILP, cut off just above 0, and comes back "pruned" with a lower bound > 0; the rows the dual
+    # pass settles need none
+    _, net, box, C, d = small(184, radius=0.6)
+    exact = enumerate_bound(net, box, C, d)
+    duals = dual.bound(net, box, C, d, slopes="adaptive").lower
+    assert exact.min() > 0.1 and duals.min() < 0 < duals.max()
+    res = milp.bound(net, box, C, d, decide=0.0, slopes="adaptive")
+    assert res.lower.min() > 0 and np.all(res.lower <= exact + 1e-9)
+    assert set(res.info["status"]) == {"pruned"} and res.info["nodes"] >= 0
+    np.testing.assert_array_equal(res.lower[duals > 0], duals[duals > 0])  # settled by the dual pass
+    assert np.all(np.isnan(res.info["solver_bound"][duals > 0]))
