@@ -35,14 +35,16 @@ class Verdict:
 
 
 def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list[int], stats: dict,
-                    **options) -> list[int]:
-    """The disjuncts (indices) a dual pass with these options cannot rule out; one pass for all their rows."""
+                    **options) -> tuple[list[int], list]:
+    """(the disjuncts (indices) a dual pass with these options cannot rule out, its layer bounds); one pass
+    for the rows of every open disjunct."""
     rows = [prop.objective_rows(k) for k in open_]
     C, d = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
-    lower = bound(network, box, C, d, method="dual", **options).lower
+    result = bound(network, box, C, d, method="dual", **options)
+    lower = result.lower
     stats["bound_calls"] = stats.get("bound_calls", 0) + 1
     ends = np.cumsum([r[0].shape[0] for r in rows])
-    return [k for k, part in zip(open_, np.split(lower, ends[:-1])) if not np.any(part > 0)]
+    return [k for k, part in zip(open_, np.split(lower, ends[:-1])) if not np.any(part > 0)], result.layer_bounds
 
 
 def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.0, *, seed: int = 0) -> Verdict:
@@ -62,20 +64,24 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
     if quick.success:
         return _violated(network, quick.x, stats)
     open_ = list(range(len(prop.disjuncts)))
-    for name, options in (("dual_adaptive", {"slopes": "adaptive"}), ("dual_opt", {"slopes": "opt"})):
-        if left() <= 0:
+    # (phase, options, seconds it must have left to start: the optimized pass cannot be interrupted)
+    for name, options, needs in (("dual_adaptive", {"slopes": "adaptive"}, 0.0),
+                                 ("dual_opt", {"slopes": "opt"}, 1.0)):
+        if left() <= needs:
             return Verdict(TIMEOUT, None, stats)
         t0 = time.perf_counter()
-        open_ = _open_disjuncts(network, box, prop, open_, stats, **options)
+        open_, layer_bounds = _open_disjuncts(network, box, prop, open_, stats, **options)
         phase(name, t0)
         if not open_:
             return Verdict(HOLDS, None, stats)
-    if network.n_relus <= MILP_MAX_RELUS and left() > 0:
+    if network.n_relus <= MILP_MAX_RELUS and left() > 0.5:
         t0 = time.perf_counter()
         for k in list(open_):
             C, d = prop.objective_rows(k)
             # the disjunct is reachable iff min_x max_rows (C f(x) + d) <= 0; each row's minimum > 0 rules it out
-            exact = bound(network, box, C, d, method="milp", time_limit=max(left(), 0.01))
+            # the optimized pass's layer bounds: the MILP's own would cost another optimization
+            exact = bound(network, box, C, d, method="milp", layer_bounds=layer_bounds,
+                          time_limit=max(left() - 0.25, 0.01))
             stats["bound_calls"] += 1
             if np.any(exact.lower > 0):
                 open_.remove(k)
