@@ -5,7 +5,7 @@ from .errors import InputError, ModelError, VnnlibError
 from .network import Affine, Network, ReLU
 from .onnx import OnnxRunner, load_onnx, run_onnxruntime, save_onnx
 from .spec import InputBox, Property, linf_ball, margin_rows, robustness_property, targeted_property
-from .verify import Verdict, verify
+from .verify import Verdict, verify, verify_instance
 from .vnnlib import parse_vnnlib
 
 __version__ = "0.1.0"

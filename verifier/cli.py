@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole property (default 60)")
     prop.add_argument("--result-file", help="write the VNN-COMP result (sat + assignment / unsat / unknown / "
                                             "timeout) here")
+    suite = p.add_argument_group("a suite of VNN-LIB instances (VNN-COMP instances.csv)")
+    suite.add_argument("--instances", help="csv of onnx,vnnlib,timeout_s[,expected] rows (paths relative to it): "
+                                           "verify them all; exit code 3 if an answer contradicts 'expected'")
+    suite.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout (default 1)")
+    suite.add_argument("--out", help="write the per-instance results (csv) here")
+    suite.add_argument("--workers", type=int, default=1, help="instances verified in parallel processes (default 1)")
     opts = p.add_argument_group("method options")
     opts.add_argument("--slopes", choices=["wk", "adaptive", "opt"], default="adaptive",
                       help="lower ReLU slopes of the dual pass (default adaptive)")
@@ -84,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, parser) -> int:
+    if args.instances is not None:
+        return run_instances(args)
     if args.model is None:
         parser.error("give a MODEL.onnx")
     if args.vnnlib is not None:
@@ -198,7 +206,8 @@ def run_vnnlib(args) -> int:
     start = time.perf_counter()
     verdict = verify_instance(network, args.vnnlib, args.timeout)
     seconds = time.perf_counter() - start
-    print(f"{verdict.status} ({RESULT_WORDS[verdict.status]}) in {seconds:.2f} s", file=sys.stderr)
+    print(f"{verdict.status} ({RESULT_WORDS[verdict.status]}) in {seconds:.2f} s, "
+          f"{verdict.stats.get('domains', 0)} domains", file=sys.stderr)
     if args.json:
         doc = {"model": str(args.model), "vnnlib": str(args.vnnlib), "verdict": verdict.status,
                "result": RESULT_WORDS[verdict.status], "seconds": seconds, "stats": verdict.stats}
@@ -259,6 +268,14 @@ def run_smoothing(args) -> int:
                           "n0": args.n0, "alpha": args.alpha}, "samples": records,
                           "certified_accuracy": accuracy}, indent=1))
     return 0
+
+
+def run_instances(args) -> int:
+    """Verify a suite (--instances): progress and summary on stderr; exit code 3 when an answer is wrong."""
+    from .suite import run_suite
+
+    _, summary = run_suite(args.instances, timeout_scale=args.timeout_scale, out=args.out, workers=args.workers)
+    return 3 if summary["wrong"] else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

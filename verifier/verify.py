@@ -1,8 +1,17 @@
-"""The pipeline for VNN-LIB properties: falsify -> dual(adaptive) -> dual(opt) -> MILP -> Verdict.
+"""The pipeline for VNN-LIB properties: falsify -> bound -> branch and bound -> Verdict.
 
-A property holds when every unsafe disjunct ``C y <= d`` is ruled out, i.e. some row of ``C f(x) - d`` has a
-certified lower bound > 0 over the whole box (float64, strictly). It is violated only with a counterexample that
-onnxruntime, running the original ONNX file, confirms (attacks.falsify, or the MILP's minimizer).
+A property holds when every unsafe disjunct ``C y <= d`` is ruled out on the whole box: some row of
+``C f(x) - d`` has a certified lower bound > 0 (float64; strictly: above bab.PROOF_MARGIN = 1e-9, so that
+rounding cannot prove an exact tie), on every piece of a branch-and-bound split.
+It is violated only with a counterexample that onnxruntime, running the ORIGINAL ONNX file, confirms: the point is
+rounded to float32 (what the model computes on) inside the box, and onnxruntime's outputs reach an unsafe
+conjunction (``<=``, VNN-LIB semantics).
+
+Phases (`verify`): a short falsification (PGD, attacks.falsify); then, for networks with few inputs
+(<= INPUT_SPLIT_MAX_INPUTS, e.g. ACAS Xu), input-splitting branch and bound (bab.input_split: its root bound is
+the dual/CROWN bound of the whole box; it checks candidate points as it splits, and a full falsification runs
+beside it now and then); for larger inputs the dual pass with adaptive then optimized slopes, then branch and
+bound on ReLUs (bab.relu_split: a cheap split phase, a longer falsification, then the MILP).
 """
 from __future__ import annotations
 
@@ -12,133 +21,189 @@ from pathlib import Path
 
 import numpy as np
 
-from . import attacks
+from . import attacks, bab
 from .bounds import bound
 from .network import Network
-from .onnx import run_onnxruntime
+from .onnx import OnnxRunner
 from .spec import InputBox, Property
 from .vnnlib import parse_vnnlib
 
 HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
 RESULT_WORDS = {HOLDS: "unsat", VIOLATED: "sat", UNKNOWN: "unknown", TIMEOUT: "timeout"}
-MILP_MAX_RELUS = 1000  # above this the exact phase is skipped (a MILP would rarely finish in time)
+INPUT_SPLIT_MAX_INPUTS = 16  # input splitting pays off only while a box has few dimensions to bisect
+QUICK_FALSIFY = 0.3  # seconds of PGD before any bound (at most 10% of the timeout)
+SIDE_ATTACK_FIRST, SIDE_ATTACK_SECONDS = 0.5, 1.0  # falsification during input splitting: first at 0.5 s, <= 1 s
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """status: holds | violated | unknown | timeout; counterexample: (x (n_inputs,), y (n_outputs,)) when
-    violated, y as onnxruntime computes it; stats: time per phase (s), bound calls, disjuncts left open."""
+    """status: holds | violated | unknown (undecided, nothing left to try) | timeout (out of time);
+    counterexample: (x (n_inputs,), y (n_outputs,)) when violated, x exactly representable in float32 and y as
+    onnxruntime computes it; stats: seconds per phase ("phases"), "domains", "bound_calls", details."""
 
     status: str
     counterexample: tuple | None = None
     stats: dict = field(default_factory=dict)
 
 
-def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list[int], stats: dict,
-                    **options) -> tuple[list[int], list]:
-    """(the disjuncts (indices) a dual pass with these options cannot rule out, its layer bounds); one pass
-    for the rows of every open disjunct."""
-    rows = [prop.objective_rows(k) for k in open_]
-    C, d = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
-    result = bound(network, box, C, d, method="dual", **options)
-    lower = result.lower
-    stats["bound_calls"] = stats.get("bound_calls", 0) + 1
-    ends = np.cumsum([r[0].shape[0] for r in rows])
-    return [k for k, part in zip(open_, np.split(lower, ends[:-1])) if not np.any(part > 0)], result.layer_bounds
+class Checker:
+    """Confirms candidate counterexamples on the original model with onnxruntime (one session, reused)."""
+
+    def __init__(self, network: Network) -> None:
+        self.runner = OnnxRunner(network)
+
+    def __call__(self, box: InputBox, prop: Property, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(x32, y) when x, rounded to float32 inside the box, is a counterexample onnxruntime agrees on."""
+        x32 = float32_inside(np.asarray(x, np.float64).reshape(-1), box)
+        if x32 is None:
+            return None
+        y = self.runner(x32)
+        return (x32, y) if bool(prop.violated_by(y)) else None
 
 
-def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.0, *, seed: int = 0) -> Verdict:
-    """Decide whether prop holds on the box within timeout seconds (module docstring)."""
+def float32_inside(x: np.ndarray, box: InputBox) -> np.ndarray | None:
+    """The float32 values nearest x (n,) that lie in the box, as float64; None when some coordinate's interval
+    holds no float32 number (the model could not be run at a point of the box)."""
+    x32 = np.clip(x, box.lo, box.hi).astype(np.float32)
+    x32 = np.where(x32.astype(np.float64) < box.lo, np.nextafter(x32, np.float32(np.inf)), x32)
+    x32 = np.where(x32.astype(np.float64) > box.hi, np.nextafter(x32, np.float32(-np.inf)), x32)
+    out = x32.astype(np.float64)
+    return out if box.contains(out) else None
+
+
+def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.0, *, seed: int = 0,
+           checker: Checker | None = None) -> Verdict:
+    """Decide whether prop holds on the box within about timeout seconds (module docstring).
+
+    checker: a `Checker` to reuse (verify_instance shares one across boxes); made here otherwise.
+    """
     start = time.perf_counter()
-    stats: dict = {"phases": {}}
-
-    def left() -> float:
-        return timeout - (time.perf_counter() - start)
+    deadline = start + timeout
+    checker = checker or Checker(network)
+    stats: dict = {"phases": {}, "domains": 0, "bound_calls": 0}
 
     def phase(name: str, t0: float) -> None:
-        stats["phases"][name] = round(time.perf_counter() - t0, 4)
+        stats["phases"][name] = round(stats["phases"].get(name, 0.0) + time.perf_counter() - t0, 4)
+
+    def violated(x: np.ndarray) -> Verdict | None:
+        found = checker(box, prop, x)
+        return None if found is None else Verdict(VIOLATED, found, stats)
 
     t0 = time.perf_counter()
-    quick = attacks.falsify(network, box, prop, seed=seed, rounds=2, time_limit=max(min(2.0, 0.2 * timeout), 0.05))
+    quick = attacks.falsify(network, box, prop, seed=seed, rounds=1, restarts=64, steps=40,
+                            time_limit=min(QUICK_FALSIFY, 0.1 * timeout))
     phase("falsify", t0)
-    if quick.success:
-        return _violated(network, quick.x, stats)
+    if quick.success and (found := violated(quick.x)) is not None:
+        return found
+    if network.n_inputs <= INPUT_SPLIT_MAX_INPUTS:
+        t0 = time.perf_counter()
+        result = bab.input_split(network, box, prop, deadline=deadline,
+                                 confirm=lambda x: checker(box, prop, x) is not None,
+                                 side_attack=_SideAttack(network, box, prop, seed, deadline))
+        phase("input_split", t0)
+        return _from_bab(result, box, prop, checker, stats)
+    return _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase)
+
+
+class _SideAttack:
+    """Full falsification rounds while branch and bound runs (the `side_attack` of bab's searches): from `first`
+    seconds on, then at doubling intervals, each at most SIDE_ATTACK_SECONDS or a tenth of the time left (a quick
+    PGD misses narrow counterexamples that a longer one finds; the search may need long)."""
+
+    def __init__(self, network: Network, box: InputBox, prop: Property, seed: int, deadline: float,
+                 first: float = SIDE_ATTACK_FIRST) -> None:
+        self.network, self.box, self.prop, self.seed, self.deadline = network, box, prop, seed, deadline
+        self.next_at, self.rounds = first, 0
+
+    def __call__(self, elapsed: float) -> np.ndarray | None:
+        if elapsed < self.next_at:
+            return None
+        self.rounds += 1
+        self.next_at = 2 * elapsed
+        left = self.deadline - time.perf_counter()
+        result = attacks.falsify(self.network, self.box, self.prop, seed=self.seed + self.rounds, rounds=1,
+                                 time_limit=max(0.0, min(SIDE_ATTACK_SECONDS, 0.1 * left)))
+        return result.x if result.success else None
+
+
+def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase) -> Verdict:
+    """Dual passes (adaptive, then optimized slopes), then ReLU branch and bound (with a longer falsification
+    between its cheap phase and its MILP)."""
     open_ = list(range(len(prop.disjuncts)))
-    # (phase, options, seconds it must have left to start: the optimized pass cannot be interrupted)
-    for name, options, needs in (("dual_adaptive", {"slopes": "adaptive"}, 0.0),
-                                 ("dual_opt", {"slopes": "opt"}, 1.0)):
-        if left() <= needs:
+    # (phase, slopes, seconds it must have left to start: the optimized pass cannot be interrupted)
+    for name, slopes, needs in (("dual_adaptive", "adaptive", 0.0), ("dual_opt", "opt", 1.0)):
+        if deadline - time.perf_counter() <= needs:
             return Verdict(TIMEOUT, None, stats)
         t0 = time.perf_counter()
-        open_, layer_bounds = _open_disjuncts(network, box, prop, open_, stats, **options)
+        open_, layer_bounds = _open_disjuncts(network, box, prop, open_, slopes)
+        stats["bound_calls"] += 1
         phase(name, t0)
         if not open_:
             return Verdict(HOLDS, None, stats)
-    if network.n_relus <= MILP_MAX_RELUS and left() > 0.5:
-        t0 = time.perf_counter()
-        for k in list(open_):
-            C, d = prop.objective_rows(k)
-            # the disjunct is reachable iff min_x max_rows (C f(x) + d) <= 0; each row's minimum > 0 rules it out
-            # the optimized pass's layer bounds: the MILP's own would cost another optimization
-            exact = bound(network, box, C, d, method="milp", layer_bounds=layer_bounds,
-                          time_limit=max(left() - 0.25, 0.01))
-            stats["bound_calls"] += 1
-            if np.any(exact.lower > 0):
-                open_.remove(k)
-            elif len(d) == 1 and exact.upper[0] <= 0:  # a single row: its minimizer is a counterexample
-                found = _confirmed(network, box, prop, exact.x[0])
-                if found is not None:
-                    phase("milp", t0)
-                    return _violated(network, found, stats)
-        phase("milp", t0)
-        if not open_:
-            return Verdict(HOLDS, None, stats)
-    stats["open_disjuncts"] = len(open_)
-    if left() > 0.5:  # spend what is left on falsification
-        t0 = time.perf_counter()
-        more = attacks.falsify(network, box, prop, seed=seed + 1, time_limit=left() - 0.25)
-        phase("falsify_more", t0)
-        if more.success:
-            return _violated(network, more.x, stats)
-    return Verdict(TIMEOUT if left() <= 0.5 else UNKNOWN, None, stats)
+    t0 = time.perf_counter()
+    result = bab.relu_split(network, box, prop, open_, deadline=deadline, layer_bounds=layer_bounds,
+                            confirm=lambda x: checker(box, prop, x) is not None,
+                            side_attack=_SideAttack(network, box, prop, seed, deadline, first=0.0))
+    phase("relu_split", t0)
+    return _from_bab(result, box, prop, checker, stats)
 
 
-def _confirmed(network: Network, box: InputBox, prop: Property, x: np.ndarray) -> np.ndarray | None:
-    """x clipped into the box if onnxruntime confirms it violates prop, else None."""
-    x = np.clip(x, box.lo, box.hi)
-    return x if bool(prop.violated_by(run_onnxruntime(network, x))) else None
+def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list[int], slopes: str
+                    ) -> tuple[list[int], list]:
+    """The disjuncts (indices) one dual pass over all their rows cannot rule out, and its layer bounds."""
+    rows = [prop.objective_rows(k) for k in open_]
+    C, d = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+    result = bound(network, box, C, d, method="dual", slopes=slopes)
+    ends = np.cumsum([len(r[1]) for r in rows])[:-1]
+    return ([k for k, part in zip(open_, np.split(result.lower, ends)) if not np.any(part > bab.PROOF_MARGIN)],
+            result.layer_bounds)
 
 
-def _violated(network: Network, x: np.ndarray, stats: dict) -> Verdict:
-    return Verdict(VIOLATED, (np.asarray(x, np.float64), run_onnxruntime(network, x)), stats)
+def _from_bab(result: bab.BabResult, box, prop, checker, stats: dict) -> Verdict:
+    for key in ("domains", "bound_calls"):
+        stats[key] += result.stats.get(key, 0)
+    stats["bab"] = result.stats
+    if result.status == VIOLATED:  # bab confirmed it with the same checker: this re-run returns the same point
+        found = checker(box, prop, result.x)
+        return Verdict(VIOLATED, found, stats) if found is not None else Verdict(UNKNOWN, None, stats)
+    return Verdict(result.status, None, stats)
 
 
-def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 60.0) -> Verdict:
-    """Verify every (box, property) pair of a VNN-LIB file, sharing the time budget: violated if any pair is,
-    holds only if all hold."""
+def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 60.0, *, seed: int = 0) -> Verdict:
+    """Verify every (box, property) pair of a VNN-LIB file within timeout seconds in all: violated if any pair
+    is, holds only if all hold (the budget left passes from pair to pair)."""
     start = time.perf_counter()
     pairs = parse_vnnlib(vnnlib_path, network.n_inputs, network.n_outputs)
-    stats: dict = {"boxes": len(pairs)}
+    checker = Checker(network)
+    stats: dict = {"boxes": len(pairs), "domains": 0, "bound_calls": 0, "phases": {}}
     worst = HOLDS
     for box, prop in pairs:
         remaining = timeout - (time.perf_counter() - start)
         if remaining <= 0:
             return Verdict(TIMEOUT, None, stats)
-        verdict = verify(network, box, prop, remaining)
-        stats.setdefault("per_box", []).append(verdict.stats)
+        verdict = verify(network, box, prop, remaining, seed=seed, checker=checker)
+        for key in ("domains", "bound_calls"):
+            stats[key] += verdict.stats.get(key, 0)
+        for name, seconds in verdict.stats.get("phases", {}).items():
+            stats["phases"][name] = round(stats["phases"].get(name, 0.0) + seconds, 4)
         if verdict.status == VIOLATED:
             return Verdict(VIOLATED, verdict.counterexample, stats)
-        if verdict.status != HOLDS:
-            worst = TIMEOUT if TIMEOUT in (worst, verdict.status) else UNKNOWN
+        if verdict.status == TIMEOUT:
+            return Verdict(TIMEOUT, None, stats)
+        if verdict.status == UNKNOWN:
+            worst = UNKNOWN
     return Verdict(worst, None, stats)
 
 
-def write_result_file(path: str | Path, verdict: Verdict) -> None:
-    """VNN-COMP result file: sat / unsat / unknown / timeout, and on sat the assignment of every X_i and Y_j."""
+def write_result_file(path: str | Path, verdict: Verdict, n_inputs: int | None = None) -> None:
+    """VNN-COMP result file: ``sat`` / ``unsat`` / ``unknown`` / ``timeout``; on sat the assignment
+    ``((X_0 v0)\\n (X_1 v1)\\n ... (Y_0 w0)\\n ...)`` with every float at full precision (repr round-trips).
+    n_inputs, when given, must match the counterexample's size."""
     lines = [RESULT_WORDS[verdict.status]]
     if verdict.status == VIOLATED:
-        x, y = verdict.counterexample
-        cells = [f"(X_{i} {v!r})" for i, v in enumerate(map(float, x))]
-        cells += [f"(Y_{j} {v!r})" for j, v in enumerate(map(float, np.ravel(y)))]
+        x, y = (np.ravel(v).astype(np.float64) for v in verdict.counterexample)
+        if n_inputs is not None and x.size != n_inputs:
+            raise ValueError(f"the counterexample has {x.size} inputs, the model {n_inputs}")
+        cells = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)] + [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y)]
         lines.append("(" + "\n ".join(cells) + ")")
     Path(path).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,126 @@
+"""The VNN-LIB pipeline (verify.py): verdicts equal the exact answer on random networks saved as ONNX files,
+counterexamples confirmed by onnxruntime on those files, several input boxes, result files."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+from verifier.bounds import milp
+from verifier.network import Affine, Network, ReLU, random_network
+from verifier.onnx import load_onnx, run_onnxruntime, save_onnx
+from verifier.spec import InputBox, Property
+from verifier.verify import Verdict, float32_inside, verify, verify_instance, write_result_file
+
+
+def onnx_problem(tmp_path, seed: int, n: int, depth: int, width: int, relu_out: bool, radius: float):
+    """A random network written to ONNX (float32) and loaded back: the network verify sees has a source file."""
+    rng = np.random.default_rng(seed)
+    path = save_onnx(random_network([n] + [width] * depth + [3], rng, relu_on_output=relu_out),
+                     tmp_path / f"net_{seed}_{n}.onnx")
+    net = load_onnx(path)
+    centre = rng.uniform(-1, 1, n)
+    box = InputBox(centre - radius, centre + radius)
+    return rng, net, box
+
+
+def check_counterexample(net: Network, box: InputBox, prop: Property, verdict: Verdict) -> None:
+    x, y = verdict.counterexample
+    assert box.contains(x) and np.all(x.astype(np.float32).astype(np.float64) == x)
+    ort = run_onnxruntime(net.source, x)  # the ORIGINAL file, not our float64 network
+    np.testing.assert_array_equal(ort, y)
+    assert prop.violated_by(ort)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.sampled_from([2, 5, 24]), depth=st.integers(1, 2),
+       width=st.integers(2, 10), relu_out=st.booleans(), disjuncts=st.integers(1, 3), shift=st.floats(-0.5, 0.5))
+def test_verdict_equals_the_exact_answer(tmp_path_factory, seed, n, depth, width, relu_out, disjuncts, shift):
+    """n = 2, 5: input splitting; n = 24: dual passes, then the MILP."""
+    rng, net, box = onnx_problem(tmp_path_factory.mktemp("v"), seed, n, depth, width, relu_out, 0.3)
+    C = rng.normal(size=(disjuncts, 3))
+    exact = milp.bound(net, box, C, time_limit=60)
+    assume(all(s == "optimal" for s in exact.info["status"]))
+    offset = np.min(exact.upper) + shift  # unsafe: C_k f <= offset; the threshold sits near the minimum
+    assume(abs(shift) > 1e-3)  # margins below float32 resolution are not decidable against onnxruntime
+    prop = Property(tuple((C[k:k + 1], np.array([offset])) for k in range(disjuncts)))
+    verdict = verify(net, box, prop, timeout=30)
+    assert verdict.status == ("holds" if shift < 0 else "violated")
+    if verdict.status == "violated":
+        check_counterexample(net, box, prop, verdict)
+    assert set(verdict.stats["phases"]) and verdict.stats["bound_calls"] >= 0
+
+
+def test_verdict_is_frozen_and_reports_phases(tmp_path):
+    rng, net, box = onnx_problem(tmp_path, 1, 3, 2, 6, False, 0.5)
+    prop = Property(((np.array([[1.0, 0.0, 0.0]]), np.array([-1e6])),))  # y_0 <= -1e6: far out of reach
+    verdict = verify(net, box, prop, timeout=10)
+    assert verdict.status == "holds" and verdict.counterexample is None
+    assert "falsify" in verdict.stats["phases"] and verdict.stats["domains"] >= 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verdict.status = "violated"
+
+
+def test_float32_inside():
+    box = InputBox([0.1, -1.0, 0.3], [0.1 + 1e-6, 1.0, 0.3])
+    x = float32_inside(np.array([0.1, 0.5, 0.3]), box)
+    assert x is None  # 0.3 is no float32 number: the interval [0.3, 0.3] holds none
+    box = InputBox([0.1, -1.0], [0.1 + 1e-6, 1.0])
+    x = float32_inside(np.array([0.0, 2.0]), box)  # clipped, then rounded to float32 inside the box
+    assert box.contains(x) and np.all(x.astype(np.float32).astype(np.float64) == x) and x[1] == 1.0
+
+
+def one_relu_net(tmp_path) -> Network:
+    """y = relu(x) on one input, as an ONNX file."""
+    return load_onnx(save_onnx(Network((Affine([[1.0]], [0.0]), ReLU(), Affine([[1.0]], [0.0]))),
+                               tmp_path / "relu.onnx"))
+
+
+@pytest.mark.parametrize("unsafe, expected", [("(<= Y_0 0.5)", "violated"), ("(>= Y_0 5.0)", "holds"),
+                                              ("(>= Y_0 1.5)", "violated")])
+def test_instance_with_two_input_boxes(tmp_path, unsafe, expected):
+    """x in [1, 2] or x in [-2, -1]: y <= 0.5 only in the second box, y >= 1.5 only in the first."""
+    net = one_relu_net(tmp_path)
+    path = tmp_path / "two.vnnlib"
+    path.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+                    "(assert (or (and (>= X_0 1.0) (<= X_0 2.0)) (and (>= X_0 -2.0) (<= X_0 -1.0))))\n"
+                    f"(assert {unsafe})\n")
+    verdict = verify_instance(net, path, timeout=20)
+    assert verdict.status == expected and verdict.stats["boxes"] == 2
+    if expected == "violated":
+        x, y = verdict.counterexample
+        assert (1 <= x[0] <= 2 or -2 <= x[0] <= -1) and (y[0] <= 0.5 if "0.5" in unsafe else y[0] >= 1.5)
+
+
+def test_result_files(tmp_path):
+    write_result_file(tmp_path / "holds.txt", Verdict("holds"))
+    assert (tmp_path / "holds.txt").read_text() == "unsat\n"
+    write_result_file(tmp_path / "timeout.txt", Verdict("timeout"))
+    assert (tmp_path / "timeout.txt").read_text() == "timeout\n"
+    x, y = np.array([0.1, -2.5e-7, 1 / 3]), np.array([np.float32(0.2), 1e-300])
+    write_result_file(tmp_path / "sat.txt", Verdict("violated", (x, y)), n_inputs=3)
+    text = (tmp_path / "sat.txt").read_text()
+    lines = text.splitlines()
+    assert lines[0] == "sat" and lines[1].startswith("((X_0 ") and lines[-1].endswith(")")
+    assert all(line.startswith(" (") for line in lines[2:])
+    values = dict(re.findall(r"\((\w+) ([^()\s]+)\)", text))
+    assert [float(values[f"X_{i}"]) for i in range(3)] == list(x)  # full precision: exact round trip
+    assert [float(values[f"Y_{j}"]) for j in range(2)] == list(y)
+    with pytest.raises(ValueError):
+        write_result_file(tmp_path / "bad.txt", Verdict("violated", (x, y)), n_inputs=5)
+
+
+def test_timeout_is_kept_on_a_high_dimensional_problem(tmp_path):
+    """The MILP path (784-ish inputs) stops at the deadline: 0.5 s asked, answered within 2.5 s."""
+    import time
+
+    rng, net, box = onnx_problem(tmp_path, 7, 64, 2, 64, False, 0.5)
+    C = rng.normal(size=(1, 3))
+    low = milp.bound(net, box, C, time_limit=1e-3).lower  # whatever: the threshold only has to be undecided
+    prop = Property(((C, low + 0.5),))
+    start = time.perf_counter()
+    verdict = verify(net, box, prop, timeout=0.5)
+    assert time.perf_counter() - start < 2.5 and verdict.status in ("timeout", "holds", "violated")
