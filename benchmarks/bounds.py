@@ -8,7 +8,7 @@ minimum over the rows of the certified lower bound: the property is proven when 
 
 Methods: IBP, dual (wk, adaptive, opt), LP (the dual pass's adaptive layer bounds), LP(opt) (alpha-CROWN layer
 bounds) and LP-all (LP-tightened layer bounds). Times: median of N runs after one warm-up run. Memory: peak
-resident memory of a forked process running the method once, minus that of an idle forked process (MiB).
+resident memory of a spawned process running the method once, minus that of an idle spawned process (MiB).
 --backends: the same LP (same layer bounds) on MNIST prop_0 with each solver backend: open (build), first solve,
 median later solve, and for cvxpy its compile share (call time minus the solver's own time).
 Run with OMP_NUM_THREADS=1 for comparable numbers.
@@ -73,12 +73,24 @@ def timed(fn, repeats: int):
 def _child(queue, name, problem) -> None:
     if name is not None:
         METHODS[name](*problem)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put(_peak_rss_mib())
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB): VmHWM, which starts afresh at exec, where Linux has it; else
+    ru_maxrss, which a spawned child inherits from its parent's size at the fork before the exec."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory(name: str | None, problem) -> float:
-    """Peak RSS (MiB) of a forked process that runs the method once (name None: does nothing)."""
-    ctx = multiprocessing.get_context("fork")
+    """Peak RSS (MiB) of a fresh (spawned) process that runs the method once (name None: does nothing). Not a
+    fork: a child forked from a process whose torch/OpenMP threads have run can hang (seen with 2 threads)."""
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, name, problem))
     proc.start()
