@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from . import attacks, bab
+from .bab import HOLDS, TIMEOUT, UNKNOWN, VIOLATED
 from .bounds import bound
 from .network import Network
 from .onnx import OnnxRunner
 from .spec import InputBox, Property
 from .vnnlib import parse_vnnlib
 
-HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
 RESULT_WORDS = {HOLDS: "unsat", VIOLATED: "sat", UNKNOWN: "unknown", TIMEOUT: "timeout"}
 INPUT_SPLIT_MAX_INPUTS = 16  # input splitting pays off only while a box has few dimensions to bisect
 QUICK_FALSIFY = 0.3  # seconds of PGD before any bound (at most 10% of the timeout)
