@@ -88,7 +88,8 @@ def _worker_run(instance: dict, timeout_scale: float) -> dict:
     return _WORKER_RUNNER(instance, timeout_scale)
 
 
-def _write_rows(out: str | Path, rows: list[dict]) -> None:
+def write_rows(out: str | Path, rows: list[dict]) -> None:
+    """The result rows as a csv (columns FIELDS)."""
     with Path(out).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
@@ -145,7 +146,7 @@ def run_suite(instances_csv: str | Path, *, timeout_scale: float = 1.0, out: str
             results[i] = {"onnx": instance["name"][0], "vnnlib": instance["name"][1],
                           "expected": instance["expected"], **result}
             if out is not None:  # rows as they come (a long run can be watched); rewritten in order at the end
-                _write_rows(out, [row for row in results if row is not None])
+                write_rows(out, [row for row in results if row is not None])
             bar.update(task, advance=1, description=f"{Path(instance['vnnlib']).stem}: {result['verdict']}")
 
         if workers == 1:

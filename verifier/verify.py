@@ -186,6 +186,8 @@ def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 
             stats[key] += verdict.stats.get(key, 0)
         for name, seconds in verdict.stats.get("phases", {}).items():
             stats["phases"][name] = round(stats["phases"].get(name, 0.0) + seconds, 4)
+        if "bab" in verdict.stats:  # the branch and bound's own counters, one entry per box that needed it
+            stats.setdefault("bab", []).append(verdict.stats["bab"])
         if verdict.status == VIOLATED:
             return Verdict(VIOLATED, verdict.counterexample, stats)
         if verdict.status == TIMEOUT:

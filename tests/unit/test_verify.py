@@ -90,6 +90,8 @@ def test_instance_with_two_input_boxes(tmp_path, unsafe, expected):
                     f"(assert {unsafe})\n")
     verdict = verify_instance(net, path, timeout=20)
     assert verdict.status == expected and verdict.stats["boxes"] == 2
+    if expected == "holds":  # both boxes needed the search: its counters are kept per box
+        assert [b["domains"] >= 1 for b in verdict.stats["bab"]] == [True, True]
     if expected == "violated":
         x, y = verdict.counterexample
         assert (1 <= x[0] <= 2 or -2 <= x[0] <= -1) and (y[0] <= 0.5 if "0.5" in unsafe else y[0] >= 1.5)
