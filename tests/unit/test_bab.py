@@ -221,3 +221,24 @@ def test_an_exact_tie_is_never_proved(split):
     assert refused.status == "unknown"
     accepted = search(net, box, prop, deadline=time.perf_counter() + 2, confirm=lambda x: True)
     assert accepted.status == "violated" and np.array_equal(accepted.x, box.lo)
+
+
+@pytest.mark.parametrize("relu_out", [False, True])
+def test_relu_split_decides_conjunctions_no_single_row_rules_out(relu_out):
+    """Unsafe: y_0 - y_1 <= -a and y_1 - y_0 <= -a (a > 0): empty, yet each row alone is met somewhere, so only
+    the conjunction's min-max (not row by row) proves it; with a < 0 the set is {|y_0 - y_1| <= -a}."""
+    rng, net, box = problem(0, 20, 2, 12, relu_out, radius=0.5)
+    C = np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]])
+    assert milp.bound(net, box, C, time_limit=60).upper.max() < -0.1  # y_0 - y_1 takes both signs on the box
+    empty = Property(((C, np.array([-0.05, -0.05])),))
+    confirm, _ = float64_confirm(net, box, empty)
+    assert bab.relu_split(net, box, empty, deadline=time.perf_counter() + 30, confirm=confirm,
+                          bab_seconds=0.0).status == "holds"
+    wide = Property(((C, np.array([10.0, 10.0])),))  # |y_0 - y_1| <= 10: met at many points
+    confirm, _ = float64_confirm(net, box, wide)
+    result = bab.relu_split(net, box, wide, deadline=time.perf_counter() + 30, confirm=confirm, bab_seconds=0.0)
+    assert result.status == "violated" and prop_met(net, wide, result.x)
+
+
+def prop_met(net: Network, prop: Property, x: np.ndarray) -> bool:
+    return bool(prop.violated_by(net.forward(x)))

@@ -163,3 +163,27 @@ def test_decide_proves_a_safe_problem_without_exact_values():
     assert set(res.info["status"]) == {"pruned"} and res.info["nodes"] >= 0
     np.testing.assert_array_equal(res.lower[duals > 0], duals[duals > 0])  # settled by the dual pass
     assert np.all(np.isnan(res.info["solver_bound"][duals > 0]))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_min_max_is_the_exact_value_of_a_conjunction(seed):
+    """min_x max_r (C f + d)_r: optimal, lower == upper, never above a sampled point's value nor below the best
+    single row's minimum; with one row it is that row's exact minimum; decide=0 answers its sign."""
+    rng = np.random.default_rng(seed)
+    net = random_network([5, 8, 8, 3], rng)
+    centre = rng.normal(size=5)
+    box = InputBox(centre - 0.5, centre + 0.5)
+    C, d = rng.normal(size=(1 + seed % 3, 3)), rng.normal(size=1 + seed % 3)
+    lower, upper, x, status = milp.min_max(net, box, C, d, time_limit=60)
+    assert status == "optimal" and upper - lower <= 1e-6 * max(1.0, abs(upper))
+    assert box.contains(x) and np.isclose(np.max(C @ net.forward(x) + d), upper, rtol=0, atol=1e-12)
+    sampled = np.max(net.forward(box.sample(5000, rng)) @ C.T + d, axis=1)
+    assert upper <= sampled.min() + 1e-9
+    rows = milp.bound(net, box, C, d, time_limit=60)
+    assert lower >= rows.lower.max() - 1e-6  # the maximum is at least every row
+    if len(d) == 1:
+        assert abs(upper - rows.upper[0]) <= 1e-6 * max(1.0, abs(upper))
+    low0, up0, _, status0 = milp.min_max(net, box, C, d - upper + 0.05, time_limit=60, decide=0.0)
+    assert low0 > 0 and status0 == "pruned"  # every point's max is >= 0.05: shown > 0
+    low1, up1, _, _ = milp.min_max(net, box, C, d - upper - 0.05, time_limit=60, decide=0.0)
+    assert up1 <= 0  # the optimum is -0.05: a point below 0 is found

@@ -176,3 +176,52 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
                 min_status=solvers.OPTIMAL if gap <= 1e-6 * max(1.0, abs(float(upper.min()))) else
                 solvers.TIME_LIMIT)
     return BoundResult(lower, bounds, "milp", time.perf_counter() - start, info, upper=upper, x=x)
+
+
+def min_max(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
+            layer_bounds: list | None = None, time_limit: float | None = 60, decide: float | None = None,
+            starts: np.ndarray | None = None) -> tuple[float, float, np.ndarray, str]:
+    """The exact ``min_x max_r (C f(x) + d)_r`` over the box: the rows' conjunction ``C f + d <= 0`` is met
+    somewhere iff it is <= 0. One MILP (the big-M encoding of `bound`, alpha-CROWN layer bounds by default) with
+    a variable t: minimize t subject to ``t >= G_r h + g0_r`` for every row. decide: stop once "> decide?" is
+    answered (cutoff just above it, as in `bound`). starts (N, n_inputs): extra candidate points.
+
+    Returns (lower, upper, x (n_inputs,), status): lower is always valid (the solver's proven bound, or the
+    largest row-wise dual bound: the maximum is at least every row), upper is OUR float64 ``max_r`` at x,
+    status "optimal" | "time_limit" | "pruned" (shown > decide) | "error".
+    """
+    start = time.perf_counter()
+    C, d = check_problem(network, box, C, d)
+    deadline = None if time_limit is None else start + float(time_limit)
+    bounds, dual_lower, _ = lp.initial_bounds(network, box, C, d, layer_bounds, "dual", "opt", deadline)
+    if dual_lower is None:
+        dual_lower = dual.bound(network, box, C, d, layer_bounds=bounds, slopes="adaptive").lower
+    n_layers, G, g0 = lp.objective_head(network, C, d)
+    problem, layout = lp.build_problem(network, box, bounds, n_layers, "bigm")
+    n, k = problem.n, G.shape[0]
+    rows = sp.lil_matrix((k, n + 1))
+    rows[:, layout.head] = G
+    rows[:, n] = -1.0
+    epigraph = solvers.LinearProblem(
+        np.concatenate([np.zeros(n), [1.0]]),
+        sp.vstack([sp.hstack([problem.A_ub, sp.csr_matrix((problem.A_ub.shape[0], 1))]), rows.tocsr()]).tocsr(),
+        np.concatenate([problem.b_ub, -g0]),
+        sp.hstack([problem.A_eq, sp.csr_matrix((problem.A_eq.shape[0], 1))]).tocsr(), problem.b_eq,
+        np.concatenate([problem.lb, [-np.inf]]), np.concatenate([problem.ub, [np.inf]]),
+        np.concatenate([problem.integrality, [False]]))
+    threshold = None if decide is None else float(decide) + 1e-6 * max(1.0, abs(float(decide)))
+    left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+    result = solvers.open_model(epigraph, highs_options=solvers.MILP_QUICK).solve(time_limit=left, cutoff=threshold)
+    points = [box.center[None]] + ([] if starts is None else [np.clip(np.atleast_2d(starts), box.lo, box.hi)])
+    if result.x is not None:
+        points.append(np.clip(result.x[:network.n_inputs], box.lo, box.hi)[None])
+    candidates = np.concatenate(points)
+    values = (network.forward(candidates) @ C.T + d).max(axis=1)
+    best = int(np.argmin(values))
+    lower = float(np.max(dual_lower))
+    if np.isfinite(result.dual_bound):
+        lower = max(lower, float(result.dual_bound))
+    upper = float(values[best])
+    status = "pruned" if result.status == solvers.INFEASIBLE and threshold is not None else \
+        result.status if result.status in (solvers.OPTIMAL, solvers.TIME_LIMIT) else "error"
+    return min(lower, upper), upper, candidates[best], status
