@@ -72,6 +72,11 @@ class _Rows:
         """Per box and disjunct, the best row's lower bound minus PROOF_MARGIN (B, K): > 0 rules it out."""
         return lower.view(-1, self.K, self.M).amax(-1) - PROOF_MARGIN
 
+    def split_row(self, lower: torch.Tensor, per_disjunct: torch.Tensor) -> torch.Tensor:
+        """The row (B,) a split should serve: the worst disjunct's best row, the one closest to ruling it out."""
+        k = per_disjunct.argmin(1)
+        return k * self.M + lower.view(-1, self.K, self.M)[torch.arange(len(k)), k].argmax(-1)
+
 
 def _unsafe_values(net: symbolic.TorchNet, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
     """``min_k max_rows (C_k f(x) - d_k)`` (<= 0: unsafe) for points x (P, n), float64 forward."""
@@ -111,9 +116,7 @@ class _Bounder:
         lower, A, c, lams = symbolic.objective_bounds(self.net, lo_o, hi_o, lb, rows.C, rows.d)
         per_disjunct = rows.disjunct_bounds(lower)  # (b, K)
         worst = per_disjunct.amin(1)
-        # the split serves the worst disjunct's best row: the one closest to ruling that disjunct out
-        k = per_disjunct.argmin(1)
-        row = k * rows.M + lower.view(-1, rows.K, rows.M)[torch.arange(len(k)), k].argmax(-1)
+        row = rows.split_row(lower, per_disjunct)
         unit = symbolic.split_scores(lo_o, hi_o, lb, lams, row) / (hi_o - lo_o).clamp(min=1e-300)
         # candidates: per disjunct the corner minimizing the sum of its rows' linear bounds
         A_sum = A.view(-1, rows.K, rows.M, lo.shape[1]).sum(2)  # padding rows have A = 0
@@ -320,13 +323,12 @@ def _relu_bab(network: Network, box: InputBox, prop: Property, layer_bounds: lis
             lower, A, _, lams = symbolic.objective_bounds(net, lows, highs, lb, rows.C, rows.d)
             per_disjunct = rows.disjunct_bounds(lower)
             open_ = (per_disjunct <= 0).any(1)
-            k = per_disjunct.argmin(1)
-            row = k * rows.M + lower.view(-1, rows.K, rows.M)[torch.arange(B), k].argmax(-1)
+            row = rows.split_row(lower, per_disjunct)
             corners = torch.where(A[torch.arange(B), row] > 0, lows, highs)[open_]
             x, _ = _check_candidates(net, rows, corners, confirm)
             if x is not None:
                 return VIOLATED, x, [], stats
-            score = torch.cat([lams[i][torch.arange(B), row].abs() * _height(*lb.bounds[i]) for i in relu], 1)
+            score = torch.cat([lams[i][torch.arange(B), row].abs() * symbolic.triangle_height(*lb.bounds[i]) for i in relu], 1)
             score = torch.where(states == 0, score, torch.zeros_like(score))
             stuck = open_ & (score.amax(1) <= 0)  # nothing left to split: only the MILP can settle it
             still |= (per_disjunct[stuck] <= 0).any(0)
@@ -346,13 +348,6 @@ def _relu_bab(network: Network, box: InputBox, prop: Property, layer_bounds: lis
             children[torch.arange(n), pick] = 1
             children[n + torch.arange(n), pick] = -1
             states = children
-
-
-def _height(l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Height -l u / (u - l) of each unstable neuron's triangle (0 elsewhere), (B, w)."""
-    unstable = (l < 0) & (u > 0)
-    width = torch.where(unstable, u - l, torch.ones_like(u))
-    return torch.where(unstable, -l * u / width, torch.zeros_like(u))
 
 
 def _fixed_layer_bounds(net: symbolic.TorchNet, root: list, relu: list, widths: list, states: torch.Tensor

@@ -59,26 +59,47 @@ def _head_range(layout: lp.Layout, bounds: list, box: InputBox, G: np.ndarray, g
     return np.clip(G, 0, None) @ hi + np.clip(G, None, 0) @ lo + g0
 
 
-def _selector_problem(problem: solvers.LinearProblem, layout: lp.Layout, G: np.ndarray, g0: np.ndarray,
-                      lower: np.ndarray, upper: np.ndarray) -> solvers.LinearProblem:
-    """One MILP for ``min_x min_j G_j h + g0_j``: variables t and selectors s_j in {0, 1} with sum 1,
-    ``t >= G_j h + g0_j - M_j (1 - s_j)``, M_j = upper_j - min(lower); minimize t."""
+def _epigraph(problem: solvers.LinearProblem, layout: lp.Layout, G: np.ndarray, g0: np.ndarray,
+              t_range: tuple[float, float] = (-np.inf, np.inf), big_m: np.ndarray | None = None
+              ) -> solvers.LinearProblem:
+    """The MILP with a variable t to minimize. Without big_m: ``t >= G_j h + g0_j`` for every row j (t is the
+    maximum over the rows: min-max). With big_m (k,): selectors s_j in {0, 1} with sum 1 and
+    ``t >= G_j h + g0_j - M_j (1 - s_j)`` (t is the selected row: the minimum over the rows by one MILP)."""
     n, k = problem.n, G.shape[0]
-    big_m = upper - lower.min()
-    rows = sp.lil_matrix((k, n + 1 + k))
+    m = 0 if big_m is None else k  # selector columns
+    rows = sp.lil_matrix((k, n + 1 + m))
     rows[:, layout.head] = G
     rows[:, n] = -1.0
-    rows[np.arange(k), n + 1 + np.arange(k)] = big_m
-    A_ub = sp.vstack([sp.hstack([problem.A_ub, sp.csr_matrix((problem.A_ub.shape[0], 1 + k))]), rows.tocsr()])
-    b_ub = np.concatenate([problem.b_ub, big_m - g0])
-    one = sp.csr_matrix(np.concatenate([np.zeros(n + 1), np.ones(k)])[None])
-    A_eq = sp.vstack([sp.hstack([problem.A_eq, sp.csr_matrix((problem.A_eq.shape[0], 1 + k))]), one])
-    c = np.zeros(n + 1 + k)
-    c[n] = 1.0
-    return solvers.LinearProblem(c, A_ub, b_ub, A_eq, np.concatenate([problem.b_eq, [1.0]]),
-                                 np.concatenate([problem.lb, [lower.min()], np.zeros(k)]),
-                                 np.concatenate([problem.ub, [upper.max()], np.ones(k)]),
-                                 np.concatenate([problem.integrality, [False], np.ones(k, dtype=bool)]))
+    rhs = -g0
+    A_eq, b_eq = sp.hstack([problem.A_eq, sp.csr_matrix((problem.A_eq.shape[0], 1 + m))]), problem.b_eq
+    if big_m is not None:
+        rows[np.arange(k), n + 1 + np.arange(k)] = big_m
+        rhs = big_m - g0
+        A_eq = sp.vstack([A_eq, sp.csr_matrix(np.concatenate([np.zeros(n + 1), np.ones(k)])[None])])
+        b_eq = np.concatenate([b_eq, [1.0]])
+    A_ub = sp.vstack([sp.hstack([problem.A_ub, sp.csr_matrix((problem.A_ub.shape[0], 1 + m))]), rows.tocsr()])
+    return solvers.LinearProblem(np.concatenate([np.zeros(n), [1.0], np.zeros(m)]), A_ub.tocsr(),
+                                 np.concatenate([problem.b_ub, rhs]), A_eq.tocsr(), b_eq,
+                                 np.concatenate([problem.lb, [t_range[0]], np.zeros(m)]),
+                                 np.concatenate([problem.ub, [t_range[1]], np.ones(m)]),
+                                 np.concatenate([problem.integrality, [False], np.ones(m, dtype=bool)]))
+
+
+def _setup(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, layer_bounds: list | None,
+           intermediate: str, slopes: str, deadline: float | None):
+    """(layer bounds, the dual pass's lower bounds of the rows (k,), info, the rows over the last hidden
+    layer G (k, w), g0 (k,), the big-M MILP, its layout)."""
+    bounds, dual_lower, info = lp.initial_bounds(network, box, C, d, layer_bounds, intermediate, slopes, deadline)
+    if dual_lower is None:
+        dual_lower = dual.bound(network, box, C, d, layer_bounds=bounds, slopes="adaptive").lower
+    n_layers, G, g0 = lp.objective_head(network, C, d)
+    problem, layout = lp.build_problem(network, box, bounds, n_layers, "bigm")
+    return bounds, dual_lower, info, G, g0, problem, layout
+
+
+def _cutoff(decide: float | None) -> float | None:
+    """Just above decide, so that a solver's infeasibility proof under it says ``> decide``."""
+    return None if decide is None else float(decide) + 1e-6 * max(1.0, abs(float(decide)))
 
 
 def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
@@ -105,12 +126,9 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     deadline = None if time_limit is None else start + float(time_limit)
-    bounds, dual_lower, info = lp.initial_bounds(network, box, C, d, layer_bounds, intermediate, slopes, deadline)
-    if dual_lower is None:
-        dual_lower = dual.bound(network, box, C, d, layer_bounds=bounds, slopes="adaptive").lower
+    bounds, dual_lower, info, G, g0, problem, layout = _setup(network, box, C, d, layer_bounds, intermediate,
+                                                              slopes, deadline)
     info["seconds_bounds"] = time.perf_counter() - start
-    n_layers, G, g0 = lp.objective_head(network, C, d)
-    problem, layout = lp.build_problem(network, box, bounds, n_layers, "bigm")
     k = C.shape[0]
     # candidate points: every one gives an upper bound on every row's minimum (evaluated by our network)
     points = [box.center[None]] + ([] if starts is None else [np.clip(np.atleast_2d(starts), box.lo, box.hi)])
@@ -123,9 +141,11 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
 
     lower, status = dual_lower.copy(), ["skipped"] * k
     solver_bound, nodes = np.full(k, np.nan), 0
-    threshold = None if decide is None else float(decide) + 1e-6 * max(1.0, abs(float(decide)))
+    threshold = _cutoff(decide)
     if objective == "min-selector":
-        sel = _selector_problem(problem, layout, G, g0, dual_lower, _head_range(layout, bounds, box, G, g0))
+        upper_rows = _head_range(layout, bounds, box, G, g0)
+        sel = _epigraph(problem, layout, G, g0, (dual_lower.min(), upper_rows.max()),
+                        big_m=upper_rows - dual_lower.min())
         result = solvers.open_model(sel, highs_options=solvers.MILP_QUICK).solve(
             time_limit=max(remaining() or 0.0, 0.0) if deadline else None, cutoff=threshold)
         nodes = result.info.get("nodes", 0)
@@ -193,23 +213,9 @@ def min_max(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None
     start = time.perf_counter()
     C, d = check_problem(network, box, C, d)
     deadline = None if time_limit is None else start + float(time_limit)
-    bounds, dual_lower, _ = lp.initial_bounds(network, box, C, d, layer_bounds, "dual", "opt", deadline)
-    if dual_lower is None:
-        dual_lower = dual.bound(network, box, C, d, layer_bounds=bounds, slopes="adaptive").lower
-    n_layers, G, g0 = lp.objective_head(network, C, d)
-    problem, layout = lp.build_problem(network, box, bounds, n_layers, "bigm")
-    n, k = problem.n, G.shape[0]
-    rows = sp.lil_matrix((k, n + 1))
-    rows[:, layout.head] = G
-    rows[:, n] = -1.0
-    epigraph = solvers.LinearProblem(
-        np.concatenate([np.zeros(n), [1.0]]),
-        sp.vstack([sp.hstack([problem.A_ub, sp.csr_matrix((problem.A_ub.shape[0], 1))]), rows.tocsr()]).tocsr(),
-        np.concatenate([problem.b_ub, -g0]),
-        sp.hstack([problem.A_eq, sp.csr_matrix((problem.A_eq.shape[0], 1))]).tocsr(), problem.b_eq,
-        np.concatenate([problem.lb, [-np.inf]]), np.concatenate([problem.ub, [np.inf]]),
-        np.concatenate([problem.integrality, [False]]))
-    threshold = None if decide is None else float(decide) + 1e-6 * max(1.0, abs(float(decide)))
+    _, dual_lower, _, G, g0, problem, layout = _setup(network, box, C, d, layer_bounds, "dual", "opt", deadline)
+    epigraph = _epigraph(problem, layout, G, g0)
+    threshold = _cutoff(decide)
     left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
     result = solvers.open_model(epigraph, highs_options=solvers.MILP_QUICK).solve(time_limit=left, cutoff=threshold)
     points = [box.center[None]] + ([] if starts is None else [np.clip(np.atleast_2d(starts), box.lo, box.hi)])

@@ -205,6 +205,13 @@ def _interval_rows(net: TorchNet, lb: LayerBounds, C: Tensor, d: Tensor) -> Tens
     return (C @ centre.unsqueeze(-1)).squeeze(-1) - (C.abs() @ radius.unsqueeze(-1)).squeeze(-1) + d
 
 
+def triangle_height(l: Tensor, u: Tensor) -> Tensor:
+    """Height ``-l u / (u - l)`` of each unstable neuron's triangle relaxation, 0 where stable; same shape as l."""
+    unstable = (l < 0) & (u > 0)
+    width = torch.where(unstable, u - l, torch.ones_like(u))  # > 0 where used: no 0/0
+    return torch.where(unstable, -l * u / width, torch.zeros_like(u))
+
+
 def split_scores(lo: Tensor, hi: Tensor, lb: LayerBounds, lams: list, row: Tensor) -> Tensor:
     """How much bisecting each input dimension should help, (B, n): for every unstable neuron, the weight of its
     relaxation in the objective row `row` (B,) (|backward coefficient| x the triangle's height -l u / (u - l)),
@@ -217,10 +224,7 @@ def split_scores(lo: Tensor, hi: Tensor, lb: LayerBounds, lams: list, row: Tenso
         if lam is None:
             continue
         l, u = lb.bounds[i]
-        unstable = (l < 0) & (u > 0)
-        width = torch.where(unstable, u - l, torch.ones_like(u))
-        height = torch.where(unstable, -l * u / width, torch.zeros_like(u))
-        weight = lam[pick, row].abs() * height / width
+        weight = lam[pick, row].abs() * triangle_height(l, u) / (u - l).clamp(min=1e-300)  # 0 where stable
         score = score + torch.einsum("bw,bnw->bn", weight, lb.coef[i].abs())
     return score * (hi - lo)
 
