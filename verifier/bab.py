@@ -24,14 +24,11 @@ import numpy as np
 import torch
 
 from .bounds import symbolic
+from .bounds.base import PROOF_MARGIN, proves
 from .network import Network
 from .spec import InputBox, Property
 
 HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
-# A bound rules a row out when it is > PROOF_MARGIN, not merely > 0: float64 rounding (~1e-16 relative, ~1e-12 on
-# these networks' scales) must not turn an exact tie (a minimum of exactly 0: unsafe, since VNN-LIB's <= includes
-# it) into a proof. Stricter than > 0, so never less sound; it costs nothing on real margins (>= 1e-6).
-PROOF_MARGIN = 1e-9
 STEP_SECONDS = 0.2  # target duration of one branch-and-bound step (see input_split's max_batch)
 MIN_RELATIVE_WIDTH = 1e-10  # a box this thin (relative to the root) and still open is left unresolved
 RELU_BAB_SECONDS = 1.0  # relu_split's cheap phase; the MILP takes over from there
@@ -385,13 +382,13 @@ def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int
         if mode == "decide":  # some single row below 0 somewhere?
             result = milp.bound(network, box, C, d, layer_bounds=layer_bounds, time_limit=limit, decide=0.0)
             candidates = [result.x[j] for j in np.argsort(result.upper) if result.upper[j] <= 0]
-            ruled_out = bool(np.all(result.lower > 0))
+            ruled_out = bool(np.all(proves(result.lower)))
             timed_out = "time_limit" in result.info.get("status", [])
             stats["nodes"] += int(result.info.get("nodes", 0))
         else:  # all rows of the conjunction below 0 at one point?
             lower, upper, x, status = milp.min_max(network, box, C, d, layer_bounds=layer_bounds, time_limit=limit,
                                                    decide=0.0)
-            candidates, ruled_out, timed_out = ([x] if upper <= 0 else []), lower > 0, status == "time_limit"
+            candidates, ruled_out, timed_out = ([x] if upper <= 0 else []), proves(lower), status == "time_limit"
         stats["bound_calls"] += 1
         stats["domains"] += 1
         for x in candidates:

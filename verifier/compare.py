@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .bounds import METHODS, bound
+from .bounds import METHODS, bound, proves
 from .network import Network
 from .spec import linf_ball, margin_rows
 
@@ -73,14 +73,15 @@ def _run_bound(network, box, C, d, method, opts) -> dict:
     if result.upper is not None:
         entry["upper"] = float(np.min(result.upper))
         # the robust margin is the minimum over the rows: exact when the solver closed the gap on that minimum
-        entry["status"] = "optimal" if result.info.get("min_status") == "optimal" else "time_limit"
+        entry["status"] = result.info.get("min_status", "time_limit")  # "optimal" | "time_limit" | "error"
     return entry
 
 
 def decide(methods: dict) -> str:
-    """certified (a certified lower > 0) > robust (MILP lower > 0) > attacked (confirmed attack) > unknown."""
-    certified = any(v["lower"] > 0 for k, v in methods.items() if k not in ATTACKS and k not in EXACT)
-    robust = any(methods[k]["lower"] > 0 for k in EXACT if k in methods)
+    """certified (a certified lower bound proves the margin > 0: `proves`, > PROOF_MARGIN) > robust (the MILP's
+    lower bound does) > attacked (confirmed attack) > unknown."""
+    certified = any(proves(v["lower"]) for k, v in methods.items() if k not in ATTACKS and k not in EXACT)
+    robust = any(proves(methods[k]["lower"]) for k in EXACT if k in methods)
     attacked = any(methods[k]["success"] for k in ATTACKS if k in methods)
     if attacked and (certified or robust):
         raise SoundnessError(f"a method proved robustness that an attack refutes: {methods}")

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from .bounds import proves
 from .compare import ATTACKS, EXACT, certified_methods
 from .network import Network
 
@@ -19,8 +20,9 @@ def summarize(records: list[dict], methods: list[str]) -> dict:
         "n": len(records),
         "clean": len(clean),
         "attacked": sum(r["verdict"] == "attacked" for r in records),
-        "robust": sum(any(r["methods"].get(m, {}).get("lower", -1) > 0 for m in EXACT) for r in clean),
-        "certified": {m: sum(r["methods"][m]["lower"] > 0 for r in clean) for m in certified_methods(methods)},
+        "robust": sum(any(proves(r["methods"].get(m, {}).get("lower", -1)) for m in EXACT) for r in clean),
+        "certified": {m: sum(bool(proves(r["methods"][m]["lower"])) for r in clean)
+                      for m in certified_methods(methods)},
     }
     exact = [r for r in clean if r["methods"].get("milp", {}).get("status") == "optimal"]
     for certified in certified_methods(methods):

@@ -18,6 +18,19 @@ Dual values follow one convention on every backend: ``duals_ub >= 0`` and ``dual
 the Lagrangian ``c @ x + y_ub @ (A_ub @ x - b_ub) + y_eq @ (A_eq @ x - b_eq)``, so at an optimum the reduced costs
 ``c + A_ub.T @ y_ub + A_eq.T @ y_eq`` are >= 0 on variables at their lower bound, <= 0 at their upper bound and
 0 in between. A solver's numbers are not a proof: callers re-derive sound bounds from them (DESIGN.md rule 2).
+
+Failed solves: every backend's answer passes through `checked` (also when the backend raises), so a solve that is
+not optimal, time-limited with a proven bound, or infeasible under a cutoff carries no bound (``dual_bound`` nan,
+no duals) and says why in ``info["message"]``; any other HiGHS model status (kNotset, kSolveError, kUnbounded,
+kModelError, ...) is ERROR. Callers then fall back to the dual pass's bound.
+
+Threads: HiGHS keeps one thread scheduler per process, made by the first run with the thread count of that run;
+a later run asking for another count fails (model status kNotset). The highs backend asks for 1 thread and, if
+the process already has a scheduler of another size (e.g. the user ran cvxpy's HiGHS first), runs again with
+threads=0, which uses the scheduler as it is. It never resets the scheduler: a user's later solves with HiGHS's
+default options keep working (tests/unit/test_solver_faults.py runs both orders in a fresh process). A user who
+later asks HiGHS for an explicit thread count other than the one the process started with gets HiGHS's own
+error; ``highspy.Highs.resetGlobalScheduler(True)`` between the two is HiGHS's remedy.
 """
 from __future__ import annotations
 
@@ -122,10 +135,79 @@ class Model:
               cutoff: float | None = None, start: np.ndarray | None = None) -> Solution:
         """Minimize ``c @ x + offset`` (default: the problem's). cutoff (highs backend): only points with objective
         at most it are of interest (the constraint ``c @ x + offset <= cutoff`` is added); INFEASIBLE then proves
-        ``min > cutoff`` (to the solver's tolerance) and dual_bound is min(cutoff, the bound it proved). The cvxpy
-        backends ignore it (they solve the whole problem, which is sound, only slower).
-        start (n,): a feasible point offered to a MILP solver as its first incumbent (ignored by cvxpy)."""
+        ``min > cutoff`` (to the solver's tolerance) and dual_bound is the cutoff. The cvxpy backends ignore it
+        (they solve the whole problem, which is sound, only slower).
+        start (n,): a feasible point offered to a MILP solver as its first incumbent (ignored by cvxpy).
+
+        Whatever the backend does, the result obeys `checked`: a failed solve (an exception included) comes back
+        as status ERROR with the reason in ``info["message"]`` and never carries a bound."""
+        begin = time.perf_counter()
+        try:
+            raw = self._solve(c, offset, time_limit=time_limit, cutoff=cutoff, start=start)
+        except Exception as exc:  # noqa: BLE001 -- a crashed solve is a failed solve, reported, never a bound
+            raw = Solution(ERROR, None, float("nan"), backend=self.backend,
+                           info={"message": f"{type(exc).__name__}: {exc}"})
+        return checked(raw, self.problem, cutoff, time.perf_counter() - begin)
+
+    def _solve(self, c, offset, *, time_limit, cutoff, start) -> Solution:
         raise NotImplementedError
+
+
+def _finite_vector(value, size: int) -> np.ndarray | None:
+    """value as a float64 vector of the given size, or None when it is missing, of another size or not finite."""
+    if value is None:
+        return None
+    vector = np.asarray(value, dtype=np.float64).reshape(-1)
+    return vector if vector.size == size and np.all(np.isfinite(vector)) else None
+
+
+def checked(solution: Solution, problem: LinearProblem, cutoff: float | None, seconds: float = 0.0) -> Solution:
+    """The one place where a solver's answer becomes something callers may read (DESIGN.md rule 5).
+
+    - status outside `STATUSES` -> ERROR; x, duals: None unless finite and of the right size.
+    - dual_bound (a claim that every feasible point has objective >= it) is kept only from
+      OPTIMAL or TIME_LIMIT (finite, and not above the solver's own incumbent by more than 1e-6 relative: a bound
+      above a point it found is self-contradictory, and so is an incumbent above the cutoff it was solved under;
+      the whole answer is then ERROR), and from INFEASIBLE under a cutoff, where it is the cutoff itself.
+      Every other status (infeasible without a cutoff, inaccurate, error) has dual_bound nan, whatever the
+      backend put there.
+    - an LP reported OPTIMAL without a finite dual solution becomes INACCURATE (LP values are re-derived from
+      duals; without them there is nothing to re-derive).
+    """
+    info = dict(solution.info)
+    status = solution.status if solution.status in STATUSES else ERROR
+    if status != solution.status:
+        info.setdefault("message", f"unknown solver status {solution.status!r}")
+    x = _finite_vector(solution.x, problem.n)
+    objective = float(solution.objective) if x is not None and np.isfinite(solution.objective) else float("nan")
+    duals_ub = duals_eq = None
+    if status == OPTIMAL and not problem.is_mip:
+        duals_ub = _finite_vector(solution.duals_ub, problem.A_ub.shape[0])
+        duals_eq = _finite_vector(solution.duals_eq, problem.A_eq.shape[0])
+        if duals_ub is None or duals_eq is None or not np.isfinite(objective):
+            status, duals_ub, duals_eq = INACCURATE, None, None
+            info.setdefault("message", "optimal without a finite primal and dual solution")
+    bound = float(solution.dual_bound)
+    if status == INFEASIBLE:
+        bound = float(cutoff) if cutoff is not None else float("nan")
+        x, objective = None, float("nan")
+    elif status in (OPTIMAL, TIME_LIMIT) and cutoff is not None and np.isfinite(objective) and \
+            objective > float(cutoff) + 1e-6 * max(1.0, abs(float(cutoff))):
+        info["message"] = f"solver point's objective {objective!r} above the cutoff {cutoff!r} it was solved under"
+        status, bound, duals_ub, duals_eq = ERROR, float("nan"), None, None
+    elif status in (OPTIMAL, TIME_LIMIT) and np.isfinite(bound):
+        if np.isfinite(objective) and bound > objective + 1e-6 * max(1.0, abs(objective)):
+            info["message"] = f"solver bound {bound!r} above its own point's objective {objective!r}"
+            status, bound, duals_ub, duals_eq = ERROR, float("nan"), None, None
+        elif np.isfinite(objective):
+            bound = min(bound, objective)
+        if cutoff is not None and np.isfinite(bound):  # solved over {objective <= cutoff}: min >= min(cutoff, bound)
+            bound = min(bound, float(cutoff))
+    else:
+        bound = float("nan")
+    if status == ERROR:
+        info.setdefault("message", f"solver status {info.get('solver_status', 'unknown')}")
+    return Solution(status, x, objective, duals_ub, duals_eq, bound, seconds, solution.backend, info)
 
 
 # --------------------------------------------------------------------------------------------------- highspy
@@ -151,7 +233,7 @@ def _silenced_stdout():
 
 
 _HIGHS_STATUS = {"kOptimal": OPTIMAL, "kInfeasible": INFEASIBLE, "kTimeLimit": TIME_LIMIT,
-                 "kObjectiveBound": INFEASIBLE, "kIterationLimit": TIME_LIMIT, "kUnknown": INACCURATE,
+                 "kIterationLimit": TIME_LIMIT, "kUnknown": INACCURATE,
                  "kInterrupt": TIME_LIMIT, "kSolutionLimit": TIME_LIMIT}
 
 
@@ -226,8 +308,19 @@ class HighsModel(Model):
         self._cutoff_coef = self._c.copy()
         h.changeRowBounds(self._cutoff_row, -inf, float(cutoff) - self._offset)
 
-    def solve(self, c=None, offset=None, *, time_limit=None, cutoff=None, start=None) -> Solution:
-        begin = time.perf_counter()
+    def _run(self):
+        """h.run(), once more with threads=0 if HiGHS refused the thread count. HiGHS keeps one thread scheduler
+        per process; a run asking for a different count than the one it was first made with (by any user of the
+        library in this process: cvxpy, highspy, ...) fails with model status kNotset. threads=0 accepts the
+        scheduler as it is; the process-wide scheduler is never reset here (it is not ours to reset)."""
+        h = self._h
+        run_status = h.run()
+        if run_status == self._highspy.HighsStatus.kError and h.getModelStatus().name == "kNotset":
+            h.setOptionValue("threads", 0)
+            run_status = h.run()
+        return run_status
+
+    def _solve(self, c, offset, *, time_limit, cutoff, start) -> Solution:
         h, problem = self._h, self.problem
         if c is not None:
             c = np.asarray(c, dtype=np.float64).reshape(-1)
@@ -242,7 +335,7 @@ class HighsModel(Model):
         self._set_cutoff(cutoff)
         if start is not None and problem.is_mip:
             h.setSolution(problem.n, self._all_cols, np.asarray(start, dtype=np.float64))
-        h.run()
+        run_status = self._run()
         model_status = h.getModelStatus()
         status = _HIGHS_STATUS.get(model_status.name, ERROR)
         info = h.getInfo()
@@ -251,36 +344,25 @@ class HighsModel(Model):
         x = np.array(solution.col_value, dtype=np.float64) if has_point else None
         objective = float(info.objective_function_value) if has_point else float("nan")
         details = {"solver_status": model_status.name}
+        if status == ERROR:
+            details["message"] = f"HiGHS run returned {run_status.name}, model status {model_status.name}"
         if problem.is_mip:
             details["nodes"] = int(info.mip_node_count)
-            dual_bound = float(info.mip_dual_bound)
-            if status == OPTIMAL:
-                dual_bound = min(dual_bound, objective)
-            if cutoff is not None:  # solved over {objective <= cutoff}: min >= min(cutoff, that problem's bound)
-                dual_bound = float(cutoff) if status == INFEASIBLE else min(dual_bound, float(cutoff))
-            return Solution(status, x, objective, None, None, dual_bound, time.perf_counter() - begin, "highs",
-                            details)
+            return Solution(status, x, objective, None, None, float(info.mip_dual_bound), 0.0, "highs", details)
         details["iterations"] = int(info.simplex_iteration_count)
         duals_ub = duals_eq = None
-        dual_bound = float("nan")
         if status == OPTIMAL and info.dual_solution_status == self._highspy.kSolutionStatusFeasible:
             row_dual = -np.array(solution.row_dual, dtype=np.float64)  # HiGHS: c - A.T @ row_dual = reduced cost
             m_ub, m_eq = problem.A_ub.shape[0], problem.A_eq.shape[0]
             duals_ub, duals_eq = row_dual[:m_ub], row_dual[m_ub:m_ub + m_eq]
-            dual_bound = objective
-        elif status == OPTIMAL:
-            status = INACCURATE
-        elif status == INFEASIBLE and cutoff is not None:
-            dual_bound = float(cutoff)
-        return Solution(status, x, objective, duals_ub, duals_eq, dual_bound, time.perf_counter() - begin,
-                        "highs", details)
+        return Solution(status, x, objective, duals_ub, duals_eq, objective, 0.0, "highs", details)
 
 
 # ----------------------------------------------------------------------------------------------------- cvxpy
 class CvxpyModel(Model):
     """cvxpy backend (HiGHS or Clarabel) with the objective vector as a parameter, compiled on first solve."""
 
-    def __init__(self, problem: LinearProblem, solver: str = "CLARABEL", threads: int = 1) -> None:
+    def __init__(self, problem: LinearProblem, solver: str = "CLARABEL") -> None:
         super().__init__(problem, "clarabel" if solver == "CLARABEL" else "cvxpy-highs")
         import cvxpy as cp
 
@@ -288,7 +370,6 @@ class CvxpyModel(Model):
             raise ValueError("Clarabel solves LPs only; use the highs backend for a MILP")
         self._cp = cp
         self._solver = solver
-        self._threads = threads
         integer = ([int(j) for j in np.flatnonzero(problem.integrality)],) if problem.is_mip else False
         x = cp.Variable(problem.n, integer=integer)
         self._cost = cp.Parameter(problem.n, value=problem.c)
@@ -304,8 +385,7 @@ class CvxpyModel(Model):
         self._x = x
         self._problem = cp.Problem(cp.Minimize(self._cost @ x + self._offset), constraints)
 
-    def solve(self, c=None, offset=None, *, time_limit=None, cutoff=None, start=None) -> Solution:
-        begin = time.perf_counter()
+    def _solve(self, c, offset, *, time_limit, cutoff, start) -> Solution:
         cp, problem = self._cp, self.problem
         if c is not None:
             self._cost.value = np.asarray(c, dtype=np.float64).reshape(-1)
@@ -314,17 +394,12 @@ class CvxpyModel(Model):
         options: dict = {}
         if time_limit is not None:
             options["time_limit"] = float(time_limit)
-        if self._solver == "HIGHS":
-            options["threads"] = int(self._threads)
-            if problem.is_mip:
-                options.update(mip_rel_gap=1e-9, mip_abs_gap=1e-9)
-        try:
-            with _silenced_stdout():
-                # warm_start=False: cvxpy's HiGHS warm start made re-solves 10-25x slower (or hang) here
-                self._problem.solve(solver=self._solver, warm_start=False, **options)
-        except cp.error.SolverError as exc:
-            return Solution(ERROR, None, float("nan"), seconds=time.perf_counter() - begin, backend=self.backend,
-                            info={"solver_status": str(exc)})
+        if self._solver == "HIGHS" and problem.is_mip:
+            options.update(mip_rel_gap=1e-9, mip_abs_gap=1e-9)
+        # no "threads" for cvxpy's HiGHS: its default (0) runs on whatever thread scheduler the process has
+        with _silenced_stdout():
+            # warm_start=False: cvxpy's HiGHS warm start made re-solves 10-25x slower (or hang) here
+            self._problem.solve(solver=self._solver, warm_start=False, **options)
         raw = self._problem.status
         status = {cp.OPTIMAL: OPTIMAL, cp.OPTIMAL_INACCURATE: INACCURATE, cp.INFEASIBLE: INFEASIBLE,
                   cp.USER_LIMIT: TIME_LIMIT}.get(raw, ERROR)
@@ -332,17 +407,15 @@ class CvxpyModel(Model):
         x = np.array(self._x.value, dtype=np.float64) if has_point else None
         objective = float(self._problem.value) if has_point else float("nan")
         duals_ub = duals_eq = None
-        dual_bound = float("nan")
         if status == OPTIMAL and not problem.is_mip:
             duals_ub = np.asarray(self._ub_rows.dual_value, dtype=np.float64).reshape(-1)
             duals_eq = np.asarray(self._eq_rows.dual_value, dtype=np.float64).reshape(-1)
-            dual_bound = objective
-        elif problem.is_mip and status == OPTIMAL:
-            dual_bound = objective
+        # cvxpy reports no MILP dual bound: only an optimal MILP's value bounds it (to the gap asked above)
+        dual_bound = objective if status == OPTIMAL else float("nan")
         stats = self._problem.solver_stats
         solver_s = stats.solve_time if stats is not None and stats.solve_time is not None else float("nan")
-        return Solution(status, x, objective, duals_ub, duals_eq, dual_bound, time.perf_counter() - begin,
-                        self.backend, {"solver_status": raw, "solver_s": float(solver_s)})
+        return Solution(status, x, objective, duals_ub, duals_eq, dual_bound, 0.0, self.backend,
+                        {"solver_status": raw, "solver_s": float(solver_s)})
 
 
 def open_model(problem: LinearProblem, backend: str = "highs", *, threads: int = 1,
@@ -352,9 +425,9 @@ def open_model(problem: LinearProblem, backend: str = "highs", *, threads: int =
     if backend == "highs":
         return HighsModel(problem, threads=threads, options=highs_options)
     if backend == "cvxpy-highs":
-        return CvxpyModel(problem, "HIGHS", threads=threads)
+        return CvxpyModel(problem, "HIGHS")
     if backend == "clarabel":
-        return CvxpyModel(problem, "CLARABEL", threads=threads)
+        return CvxpyModel(problem, "CLARABEL")
     raise ValueError(f"unknown solver backend {backend!r}; available: {', '.join(BACKENDS)}")
 
 

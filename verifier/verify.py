@@ -1,8 +1,8 @@
 """The pipeline for VNN-LIB properties: falsify -> bound -> branch and bound -> Verdict.
 
 A property holds when every unsafe disjunct ``C y <= d`` is ruled out on the whole box: some row of
-``C f(x) - d`` has a certified lower bound > 0 (float64; strictly: above bab.PROOF_MARGIN = 1e-9, so that
-rounding cannot prove an exact tie), on every piece of a branch-and-bound split.
+``C f(x) - d`` has a certified lower bound > 0 (float64; strictly: above PROOF_MARGIN = 1e-9, bounds.proves, so
+that rounding cannot prove an exact tie), on every piece of a branch-and-bound split.
 It is violated only with a counterexample that onnxruntime, running the ORIGINAL ONNX file, confirms: the point is
 rounded to float32 (what the model computes on) inside the box, and onnxruntime's outputs reach an unsafe
 conjunction (``<=``, VNN-LIB semantics).
@@ -23,7 +23,7 @@ import numpy as np
 
 from . import attacks, bab
 from .bab import HOLDS, TIMEOUT, UNKNOWN, VIOLATED
-from .bounds import bound
+from .bounds import bound, proves
 from .network import Network
 from .onnx import OnnxRunner
 from .spec import InputBox, Property
@@ -155,7 +155,7 @@ def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list
     C, d = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
     result = bound(network, box, C, d, method="dual", slopes=slopes)
     ends = np.cumsum([len(r[1]) for r in rows])[:-1]
-    return ([k for k, part in zip(open_, np.split(result.lower, ends)) if not np.any(part > bab.PROOF_MARGIN)],
+    return ([k for k, part in zip(open_, np.split(result.lower, ends)) if not np.any(proves(part))],
             result.layer_bounds)
 
 

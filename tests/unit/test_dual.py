@@ -55,8 +55,9 @@ def test_hand_computed_2_3_1():
 
 
 def test_registry_and_argument_checks():
-    assert METHODS["dual"] is not None
+    assert set(METHODS) == {"ibp", "dual", "lp", "milp"}
     net, box, C, d = small_problem(0)
+    np.testing.assert_array_equal(bound(net, box, C, d, method="dual").lower, METHODS["dual"](net, box, C, d).lower)
     with pytest.raises(SpecError):
         bound(net, box, C[:, :3], d, method="dual")
     with pytest.raises(ValueError):

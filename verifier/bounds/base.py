@@ -8,6 +8,18 @@ import numpy as np
 from ..network import Network
 from ..spec import InputBox, SpecError
 
+# A lower bound proves something (rules a row or piece out, certifies a sample) when it is > PROOF_MARGIN, not
+# merely > 0: float64 rounding (~1e-16 relative, ~1e-12 on these networks' scales) must not turn an exact tie (a
+# minimum of exactly 0: unsafe, since VNN-LIB's <= includes it) into a proof. Stricter than > 0, so never less
+# sound; it costs nothing on real margins (>= 1e-6). Every such decision goes through `proves`.
+PROOF_MARGIN = 1e-9
+
+
+def proves(lower):
+    """Whether lower bounds (a float, an array or a torch tensor, elementwise) prove their rows positive."""
+    return lower > PROOF_MARGIN
+
+
 LayerBounds = list  # [(l, u)] per affine layer: pre-activation bounds, arrays (width_i,) float64; last = outputs
 
 

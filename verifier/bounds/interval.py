@@ -24,7 +24,7 @@ def interval_layer_bounds(network: Network, lo: np.ndarray, hi: np.ndarray) -> l
 
 
 def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
-          layer_bounds: list | None = None, **options) -> BoundResult:
+          layer_bounds: list | None = None) -> BoundResult:
     """IBP lower bounds of ``C @ f(x) + d`` over the box; C (k, n_outputs), d (k,).
 
     The last layer's interval is pushed through C directly (tighter than bounding f first).

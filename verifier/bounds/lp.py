@@ -211,7 +211,8 @@ def variable_ranges(problem: solvers.LinearProblem, layout: Layout, bounds: list
 @dataclass(frozen=True, eq=False)
 class RowSolutions:
     """Per row j of an LP run: objective (k,) (nan where not optimal), status [k], slopes per ReLU layer
-    (k, w_i) from the duals and from the primal point, lagrangian (k,) the weak-duality bound (-inf where none)."""
+    (k, w_i) from the duals and from the primal point, lagrangian (k,) the weak-duality bound (-inf where none),
+    errors {row: message} of the rows whose solve failed."""
 
     objective: np.ndarray
     status: list
@@ -219,6 +220,7 @@ class RowSolutions:
     from_primal: list
     lagrangian: np.ndarray
     timing: dict
+    errors: dict  # {row: the solver's message} for rows whose solve failed
 
 
 def minimize_rows(network: Network, box: InputBox, bounds: list, G: np.ndarray, g0: np.ndarray, n_layers: int,
@@ -236,7 +238,7 @@ def minimize_rows(network: Network, box: InputBox, bounds: list, G: np.ndarray, 
     from_duals = [np.tile(a, (k, 1)) for a in adaptive]
     from_primal = [np.tile(a, (k, 1)) for a in adaptive]
     objective, lagrangian = np.full(k, np.nan), np.full(k, -np.inf)
-    status = [solvers.ERROR] * k
+    status, errors = [solvers.ERROR] * k, {}
     clarabel = None
     for j in range(k):
         remaining = None if deadline is None else deadline - time.perf_counter()
@@ -252,6 +254,7 @@ def minimize_rows(network: Network, box: InputBox, bounds: list, G: np.ndarray, 
             result = second if second.status == solvers.OPTIMAL else result
         status[j] = result.status
         if result.status != solvers.OPTIMAL:
+            errors[j] = result.info.get("message", result.status)
             continue
         objective[j] = result.objective
         lagrangian[j] = solvers.lagrangian_bound(problem, result.duals_ub, result.duals_eq, lo, hi, cost, g0[j])
@@ -259,7 +262,7 @@ def minimize_rows(network: Network, box: InputBox, bounds: list, G: np.ndarray, 
             from_duals[i][j], from_primal[i][j] = a_dual, a_primal
     timing = {"build_s": built - start, "solve_s": time.perf_counter() - built, "variables": problem.n,
               "rows": problem.A_ub.shape[0] + problem.A_eq.shape[0], "nonzeros": problem.A_ub.nnz + problem.A_eq.nnz}
-    return RowSolutions(objective, status, from_duals, from_primal, lagrangian, timing)
+    return RowSolutions(objective, status, from_duals, from_primal, lagrangian, timing, errors)
 
 
 def rederive(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, bounds: list, rows: RowSolutions
@@ -338,15 +341,16 @@ def initial_bounds(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray
 
 def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
           layer_bounds: list | None = None, intermediate: str = "dual", slopes: str = "adaptive",
-          time_limit: float | None = None, backend: str = "highs", **_) -> BoundResult:
+          time_limit: float | None = None, backend: str = "highs") -> BoundResult:
     """Triangle-LP lower bounds of ``C @ f(x) + d`` over the box; C (k, n_outputs), d (k,).
 
     layer_bounds: [(l, u)] per affine layer, used as given; else the dual pass's (`slopes`: "wk", "adaptive" or
     "opt"); intermediate="lp" then tightens the ReLU layers by LP-all. The reported lower bound of each row is
     re-derived from the LP's solution (`rederive`: the dual pass at the LP's slopes, or weak duality); a row whose
     LP failed or ran out of time keeps the dual pass's bound with the same layer bounds ("fallback").
-    info: "objective" (k,) the solver's values (nan where none), "status" per row, "crown" (k,) the dual pass at
-    the LP's slopes, "lagrangian" (k,) the weak-duality value, "alpha" the slopes per ReLU layer (k, w_i),
+    info: "objective" (k,) the solver's values (nan where none), "status" per row, "errors" {row: the solver's
+    message} where a solve failed, "crown" (k,) the dual pass at the LP's slopes, "lagrangian" (k,) the
+    weak-duality value, "alpha" the slopes per ReLU layer (k, w_i),
     "disagreements" (rows whose value is more than 1e-6 relative below the objective), the time split
     "bounds_s" (layer bounds) / "build_s" (matrices) / "solve_s" (solver) / "rederive_s", the LP's size
     ("variables", "rows", "nonzeros"), and "intermediate"/"slopes"/"lp_all".
@@ -369,6 +373,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
             dual_lower = dual.bound(network, box, C, d, layer_bounds=bounds, slopes=slopes).lower
         lower = np.where(ok, value, dual_lower)
         info["fallback"] = "dual pass (same layer bounds) on rows " + ", ".join(map(str, np.flatnonzero(~ok)))
-    info.update(rows.timing, objective=rows.objective, status=rows.status, crown=crown, lagrangian=rows.lagrangian,
-                alpha=alphas, disagreements=_short(np.where(ok, value, np.inf), rows.objective).tolist())
+    info.update(rows.timing, objective=rows.objective, status=rows.status, errors=rows.errors, crown=crown,
+                lagrangian=rows.lagrangian, alpha=alphas,
+                disagreements=_short(np.where(ok, value, np.inf), rows.objective).tolist())
     return BoundResult(lower, bounds, "lp", time.perf_counter() - start, info)

@@ -97,6 +97,24 @@ def _setup(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, layer_
     return bounds, dual_lower, info, G, g0, problem, layout
 
 
+def _read(result: solvers.Solution, cutoff: float | None, value_at_point: float | None) -> tuple[str, float, str]:
+    """(row status, proven lower bound or nan, message) of one MILP solve. Only "optimal", "time_limit" (with the
+    solver's finite proven bound) and "pruned" (infeasible under a cutoff: > cutoff) give a bound; any other answer
+    is "error" and gives none. A bound above OUR float64 value at the solver's own point (value_at_point, more
+    than 1e-6 relative) contradicts itself: "error" too (DESIGN.md rule 2: the solver's proof is checked)."""
+    if result.status == solvers.INFEASIBLE:
+        if cutoff is None:
+            return "error", float("nan"), "solver says infeasible without a cutoff: the model cannot be"
+        return "pruned", float(cutoff), ""
+    if result.status not in (solvers.OPTIMAL, solvers.TIME_LIMIT):
+        return "error", float("nan"), result.info.get("message", result.status)
+    bound = float(result.dual_bound)
+    if value_at_point is not None and np.isfinite(bound) and \
+            bound > value_at_point + 1e-6 * max(1.0, abs(value_at_point)):
+        return "error", float("nan"), f"solver bound {bound!r} above the network's {value_at_point!r} at its point"
+    return result.status, bound, ""
+
+
 def _cutoff(decide: float | None) -> float | None:
     """Just above decide, so that a solver's infeasibility proof under it says ``> decide``."""
     return None if decide is None else float(decide) + 1e-6 * max(1.0, abs(float(decide)))
@@ -105,7 +123,7 @@ def _cutoff(decide: float | None) -> float | None:
 def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
           layer_bounds: list | None = None, time_limit: float | None = 60, intermediate: str = "dual",
           slopes: str = "opt", objective: str = "rows", decide: float | None = None,
-          starts: np.ndarray | None = None, **_) -> BoundResult:
+          starts: np.ndarray | None = None) -> BoundResult:
     """Exact bounds of ``min_x C f(x) + d`` over the box per row (within time_limit seconds in all).
 
     objective: "rows" (every row exact), "min" (only the minimum over the rows is exact: rows that cannot beat the
@@ -117,9 +135,11 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     bounds and as MILP starts.
 
     Returns lower (k,), upper (k,), x (k, n_inputs) (the point reaching upper), info "status" per row
-    ("optimal", "time_limit", "pruned": shown not to go below the cutoff, "skipped": not solved, "error"),
-    "min_status" ("optimal" when min(lower) == min(upper) to 1e-6 relative, else "time_limit"), "solver_bound"
-    (k,) (nan where none), "nodes", "binaries", "seconds_bounds", "objective", "intermediate", "slopes".
+    ("optimal", "time_limit", "pruned": shown not to go below the cutoff, "skipped": not solved, "error": the
+    solve failed, its row keeps the dual pass's bound; the reason in info "errors" {row: message}),
+    "min_status" ("optimal" when min(lower) == min(upper) to 1e-6 relative, else "error" if a solve failed, else
+    "time_limit"), "solver_bound" (k,) (the solver's checked bound, nan where none), "nodes", "binaries",
+    "seconds_bounds", "objective", "intermediate", "slopes".
     """
     start = time.perf_counter()
     C, d = check_problem(network, box, C, d)
@@ -139,7 +159,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     def remaining() -> float | None:
         return None if deadline is None else deadline - time.perf_counter()
 
-    lower, status = dual_lower.copy(), ["skipped"] * k
+    lower, status, errors = dual_lower.copy(), ["skipped"] * k, {}
     solver_bound, nodes = np.full(k, np.nan), 0
     threshold = _cutoff(decide)
     if objective == "min-selector":
@@ -149,13 +169,17 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
         result = solvers.open_model(sel, highs_options=solvers.MILP_QUICK).solve(
             time_limit=max(remaining() or 0.0, 0.0) if deadline else None, cutoff=threshold)
         nodes = result.info.get("nodes", 0)
+        at_point = None
         if result.x is not None:
             points.append(np.clip(result.x[:network.n_inputs], box.lo, box.hi)[None])
-        if np.isfinite(result.dual_bound):
-            lower = np.maximum(lower, result.dual_bound)  # every row is >= the minimum over rows
-        solver_bound[:] = result.dual_bound
-        status = [result.status if result.status in (solvers.OPTIMAL, solvers.TIME_LIMIT) else
-                  "pruned" if result.status == solvers.INFEASIBLE else "error"] * k
+            at_point = float(values()[-1].min())
+        row_status, proven, message = _read(result, threshold, at_point)
+        if np.isfinite(proven):
+            lower = np.maximum(lower, proven)  # every row is >= the minimum over rows
+        solver_bound[:] = proven
+        status = [row_status] * k
+        if message:
+            errors.update({j: message for j in range(k)})
     else:
         model = solvers.open_model(problem, highs_options=solvers.MILP_QUICK)
         order = np.argsort(dual_lower) if objective == "min" or decide is not None else np.arange(k)
@@ -179,22 +203,25 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
             first = full_point(network, layout, problem.n, np.concatenate(points)[np.argmin(table[:, j])])
             result = model.solve(cost, float(g0[j]), time_limit=left, cutoff=cutoff, start=first)
             nodes += result.info.get("nodes", 0)
+            at_point = None
             if result.x is not None:
                 points.append(np.clip(result.x[:network.n_inputs], box.lo, box.hi)[None])
-            if np.isfinite(result.dual_bound):
-                solver_bound[j] = result.dual_bound
-                lower[j] = max(lower[j], result.dual_bound)
-            status[j] = "pruned" if result.status == solvers.INFEASIBLE and cutoff is not None else \
-                result.status if result.status in (solvers.OPTIMAL, solvers.TIME_LIMIT) else "error"
+                at_point = float(values()[-1, j])
+            status[j], proven, message = _read(result, cutoff, at_point)
+            if np.isfinite(proven):
+                solver_bound[j] = proven
+                lower[j] = max(lower[j], proven)
+            if message:
+                errors[j] = message
     table = values()
     best = np.argmin(table, axis=0)
     upper, x = table[best, np.arange(k)], np.concatenate(points)[best]
     lower = np.minimum(lower, upper)  # a solver bound above a real value is within its tolerance: clamp
     gap = float(upper.min() - lower.min())
     info.update(status=status, solver_bound=solver_bound, nodes=nodes, objective=objective,
-                binaries=int(sum(a.size for a in layout.binary)),
+                binaries=int(sum(a.size for a in layout.binary)), errors=errors,
                 min_status=solvers.OPTIMAL if gap <= 1e-6 * max(1.0, abs(float(upper.min()))) else
-                solvers.TIME_LIMIT)
+                solvers.ERROR if errors else solvers.TIME_LIMIT)
     return BoundResult(lower, bounds, "milp", time.perf_counter() - start, info, upper=upper, x=x)
 
 
@@ -224,10 +251,9 @@ def min_max(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None
     candidates = np.concatenate(points)
     values = (network.forward(candidates) @ C.T + d).max(axis=1)
     best = int(np.argmin(values))
+    status, proven, _ = _read(result, threshold, float(values[-1]) if result.x is not None else None)
     lower = float(np.max(dual_lower))
-    if np.isfinite(result.dual_bound):
-        lower = max(lower, float(result.dual_bound))
+    if np.isfinite(proven):
+        lower = max(lower, proven)
     upper = float(values[best])
-    status = "pruned" if result.status == solvers.INFEASIBLE and threshold is not None else \
-        result.status if result.status in (solvers.OPTIMAL, solvers.TIME_LIMIT) else "error"
     return min(lower, upper), upper, candidates[best], status
