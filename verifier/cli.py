@@ -186,8 +186,7 @@ def run_robustness(args) -> int:
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     console.print(f"{args.model}: {network.summary()}; {len(xs)} samples, eps {args.eps}, methods {', '.join(methods)}")
     data_file = args.input if args.input is not None else (args.data or companion_data(Path(args.model)))
-    data_id = f"{Path(data_file).name} sha256 {file_sha256(data_file)}" + (
-        f" label {args.label}" if args.input is not None else "")
+    data_id = f"sha256 {file_sha256(data_file)}" + (f" label {args.label}" if args.input is not None else "")
     with cluster_client(args) as client:
         records, interrupted = run_dataset(
             network, xs, labels, args.eps, methods=methods, clip=clip, options=options, start=start, out=args.out,

@@ -79,12 +79,16 @@ def describe_client(client) -> str:
 
 
 def run_on_client(client, tasks: list) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Submit tasks (jobs.Task) to the cluster and yield (task position, result, None) or (position, None,
-    reason) as each finishes, in completion order. A worker lost mid-task makes the scheduler run the task again
-    elsewhere (up to distributed.scheduler.allowed-failures times, then KilledWorker: an error here). Closing
-    the iterator early (Ctrl-C) cancels what is left."""
+    """Submit tasks (jobs.Task, all with as many arguments) to the cluster and yield (task position, result,
+    None) or (position, None, reason) as each finishes, in completion order. A worker lost mid-task makes the
+    scheduler run the task again elsewhere (up to distributed.scheduler.allowed-failures times, then
+    KilledWorker: an error here). Closing the iterator early (Ctrl-C) cancels what is left."""
     distributed = _distributed()
-    futures = {client.submit(in_worker, task.function, *task.args, pure=False): i for i, task in enumerate(tasks)}
+    if not tasks:
+        return
+    # one graph for all tasks (client.map), not a message to the scheduler per task; columns of arguments
+    columns = list(zip(*[(task.function, *task.args) for task in tasks]))
+    futures = {future: i for i, future in enumerate(client.map(in_worker, *columns, pure=False))}
     try:
         for future in distributed.as_completed(futures):
             position = futures[future]

@@ -56,8 +56,11 @@ class ResultFile:
         lines = self.path.read_text().splitlines(keepends=True)
         lines = [line for line in lines if line.endswith("\n") and line.strip()]
         if self.fields is not None:
-            rows = list(csv.DictReader(lines))
-            return [row for row in rows if None not in row.values() and None not in row]
+            reader = csv.DictReader(lines)
+            if lines and set(self.fields) - set(reader.fieldnames or []):
+                raise InputError(f"{self.path}: not a results file of this tool (its columns are not "
+                                 f"{','.join(self.fields)}); use another --out")
+            return [row for row in reader if None not in row.values() and None not in row]
         if not lines:
             return []
         try:

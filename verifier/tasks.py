@@ -7,6 +7,8 @@ travel as (path, sha256): a worker loads each network file once, not once per ta
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -85,8 +87,9 @@ def evaluate_sample_task(model: str, model_sha256: str, x: np.ndarray, label: in
 def in_worker(function, *args) -> dict:
     """Run a task in a worker process: one torch thread (the workers of a machine share its cores), then the
     task. Module-level so that Dask and process pools pickle it by reference."""
-    import torch
-
-    if torch.get_num_threads() != 1:
+    torch = sys.modules.get("torch")
+    if torch is None:  # not imported yet (and maybe never: a worker that only sleeps in benchmarks/cluster.py)
+        os.environ["OMP_NUM_THREADS"] = "1"  # read when torch starts its thread pool
+    elif torch.get_num_threads() != 1:
         torch.set_num_threads(1)
     return function(*args)
