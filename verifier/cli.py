@@ -289,9 +289,9 @@ def run_smoothing(args) -> int:
 
 def run_instances(args) -> int:
     """Verify a suite (--instances): progress and summary on stderr; exit code 3 when an answer is wrong."""
-    from .suite import run_suite
+    with cluster_client(args) as client:  # first: a wrong address fails before the imports below
+        from .suite import run_suite
 
-    with cluster_client(args) as client:
         _, summary = run_suite(args.instances, timeout_scale=args.timeout_scale, out=args.out, workers=args.workers,
                                client=client, resume=args.resume)
     return 3 if summary["wrong"] else 130 if summary["interrupted"] else 4 if summary["error"] else 0

@@ -130,8 +130,8 @@ def _short(value) -> str:
 
 def run_tasks(tasks: list[Task], make_row: Callable[[Task, dict | None, str | None], dict], *,
               previous: dict | None = None, out: ResultFile | None = None, client=None, workers: int = 1,
-              backend: str = "auto", progress: bool = True, status_of: Callable[[dict], str] = lambda r: r["verdict"],
-              title: str = "verifying", console=None) -> tuple[dict, bool]:
+              backend: str = "auto", progress: bool = True, title: str = "verifying", console=None,
+              status_of: Callable[[dict], str] = lambda row: row.get("verdict", "?")) -> tuple[dict, bool]:
     """Run the tasks that have no row in `previous` ({key: row}, e.g. from --resume); returns ({key: row} of
     every task done, previous ones included; interrupted by Ctrl-C).
 

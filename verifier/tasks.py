@@ -12,11 +12,14 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError
-from .network import Network
+
+if TYPE_CHECKING:
+    from .network import Network
 
 NETWORK_CACHE_SIZE = 8
 
