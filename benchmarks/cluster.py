@@ -37,14 +37,14 @@ from verifier.jobs import ResultFile, Task, run_tasks
 from verifier.suite import read_instances, run_suite
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "acasxu"
-EMPTY_TASKS = 2000
+EMPTY_TASKS = 1000
 
 
 def local_cluster(workers: int):
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+                           silence_logs=logging.CRITICAL)
     return cluster, Client(cluster)
 
 
@@ -122,10 +122,11 @@ def simulate(args) -> None:
         cluster.close()
         assert all(row["verdict"] == "slept" for row in rows.values()) and len(rows) == len(tasks)
         ideal = max(sum(durations) / workers, max(durations))
-        table.add_row(str(workers), f"{started:.1f}", f"{rate:.0f}", str(len(tasks)), f"{sum(durations):.0f}",
-                      f"{ideal:.1f}", f"{wall:.1f}", f"{(wall * workers - sum(durations)) / len(tasks) * 1e3:.1f}",
-                      f"{ideal / wall:.2f}")
-        Console(stderr=True).print(f"{workers} workers: wall {wall:.1f} s, ideal {ideal:.1f} s")
+        cells = (str(workers), f"{started:.1f}", f"{rate:.0f}", str(len(tasks)), f"{sum(durations):.0f}",
+                 f"{ideal:.1f}", f"{wall:.1f}", f"{(wall * workers - sum(durations)) / len(tasks) * 1e3:.1f}",
+                 f"{ideal / wall:.2f}")
+        table.add_row(*cells)
+        Console(stderr=True).print(" | ".join(cells))  # each row as soon as it is measured
     Console(width=160).print(table)
 
 
