@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "exact answers, side by side.",
         epilog="examples:\n  verify models/digits_mlp.onnx --eps 0.02 --method pgd,ibp,dual,lp,milp\n"
                "  verify net.onnx --vnnlib prop.vnnlib --timeout 60 --result-file out.txt\n"
-               "  verify --instances suite/instances.csv --out results.csv",
+               "  verify --instances suite/instances.csv --out results.csv [--workers 2 | --cluster tcp://HOST:8786]"
+               " [--resume]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="ONNX file of a ReLU network")
     what = p.add_argument_group("robustness of samples (L-inf ball)")

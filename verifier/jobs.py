@@ -168,6 +168,8 @@ def run_tasks(tasks: list[Task], make_row: Callable[[Task, dict | None, str | No
 
 def _execute(tasks: list[Task], client, workers: int, backend: str, console) -> Iterator[tuple]:
     """(position in tasks, result, None) or (position, None, reason), in the order tasks finish."""
+    if not tasks:  # everything was resumed: no cluster to start
+        return
     if client is None and (workers == 1 or backend == "serial"):
         for position, task in enumerate(tasks):
             try:
