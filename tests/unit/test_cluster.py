@@ -203,10 +203,18 @@ def lines_in(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
+# the CLI as started from a terminal: Ctrl-C neither ignored nor blocked, whatever this test process's state
+AS_FROM_A_TERMINAL = [sys.executable, "-c", "import signal, sys; "
+                      "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                      "from verifier.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
 def interrupt(command: list[str], out: Path, rows: int, sig: int) -> subprocess.CompletedProcess:
-    """Run the CLI and send sig to its process group (it and its workers) once `out` holds `rows` lines."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    """Run the CLI (arguments) and send sig to its process group (it and its workers) once `out` holds `rows`
+    lines."""
+    process = subprocess.Popen([*AS_FROM_A_TERMINAL, *command], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
     stop = time.monotonic() + 120
     while lines_in(out) < rows and process.poll() is None and time.monotonic() < stop:
         time.sleep(0.02)
@@ -221,7 +229,7 @@ def test_resume_after_the_client_was_killed_finishes_only_what_is_missing(tmp_pa
     rows = [QUICK[0], hard[0], QUICK[1], hard[1], QUICK[5], hard[2], QUICK[3], QUICK[7], QUICK[4]]
     instances = suite_csv(tmp_path / "instances.csv", rows)
     out = tmp_path / "results.csv"
-    killed = interrupt([*VERIFY, "--instances", str(instances), "--out", str(out), "--workers", "2"], out,
+    killed = interrupt(["--instances", str(instances), "--out", str(out), "--workers", "2"], out,
                        rows=1 + 3, sig=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     before = read_csv(out)
@@ -239,7 +247,7 @@ def test_dataset_resume_after_ctrl_c_gives_the_uninterrupted_document(tmp_path, 
     out = tmp_path / "records.jsonl"
     n = 40  # ~70 ms each on a quiet core: time to interrupt after the first records
     args = ["models/digits_mlp.onnx", "--eps", "0.05", "--limit", str(n), "--method", "pgd,ibp,dual", "--out", str(out)]
-    stopped = interrupt([*VERIFY, *args], out, rows=1 + 2, sig=signal.SIGINT)
+    stopped = interrupt(args, out, rows=1 + 2, sig=signal.SIGINT)
     assert stopped.returncode == 130 and b"--resume" in stopped.stderr
     done = lines_in(out) - 1
     assert 2 <= done < n and all(json.loads(line) for line in out.read_text().splitlines())
