@@ -8,7 +8,7 @@ $(BIN)/verify: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,train]'
+	$(BIN)/pip install -q -e '.[test,train,cluster]'
 	touch $(BIN)/verify
 
 .PHONY: setup demo test bench

@@ -1,7 +1,8 @@
 """`verify`: argument parsing only; maps flags to API calls (DESIGN.md, "CLI").
 
 Exit codes: 0 ran to the end (whatever the verdicts), 2 bad usage or bad input (one line, no traceback),
-1 internal error, 3 a suite run gave a wrong answer.
+1 internal error, 3 a suite run gave a wrong answer, 4 some tasks of a suite or dataset run failed (their rows
+say `error` and why; the other rows are complete), 130 interrupted (Ctrl-C; finished rows are in --out).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "exact answers, side by side.",
         epilog="examples:\n  verify models/digits_mlp.onnx --eps 0.02 --method pgd,ibp,dual,lp,milp\n"
                "  verify net.onnx --vnnlib prop.vnnlib --timeout 60 --result-file out.txt\n"
-               "  verify --instances suite/instances.csv --out results.csv",
+               "  verify --instances suite/instances.csv --out results.csv [--workers 2 | --cluster tcp://HOST:8786]"
+               " [--resume]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="ONNX file of a ReLU network")
     what = p.add_argument_group("robustness of samples (L-inf ball)")
@@ -51,8 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--instances", help="csv of onnx,vnnlib,timeout_s[,expected] rows (paths relative to it): "
                                            "verify them all; exit code 3 if an answer contradicts 'expected'")
     suite.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout (default 1)")
-    suite.add_argument("--out", help="write the per-instance results (csv) here")
-    suite.add_argument("--workers", type=int, default=1, help="instances verified in parallel processes (default 1)")
+    many = p.add_argument_group("runs of many instances or samples (--instances, --data): where and how")
+    many.add_argument("--out", help="append each result here as it finishes: csv rows for --instances, JSON lines "
+                                    "(a header of options, then one record per sample) for --data")
+    many.add_argument("--resume", action="store_true",
+                      help="keep the results already in --out (same options) and run only the missing ones")
+    many.add_argument("--workers", type=int, default=1,
+                      help="run that many tasks in parallel processes on this machine, one torch thread each (a "
+                           "local Dask cluster when Dask is installed; default 1: this process)")
+    many.add_argument("--cluster", metavar="ADDRESS",
+                      help="run the tasks on the Dask scheduler at ADDRESS (e.g. tcp://10.0.0.1:8786); needs "
+                           "pip install 'verifier[cluster]'")
     opts = p.add_argument_group("method options")
     opts.add_argument("--slopes", choices=["wk", "adaptive", "opt"], default="adaptive",
                       help="lower ReLU slopes of the dual pass (default adaptive)")
@@ -94,10 +105,10 @@ def run(args, parser) -> int:
         return run_instances(args)
     if args.model is None:
         parser.error("give a MODEL.onnx")
-    if args.vnnlib is not None:
-        return run_vnnlib(args)
-    if args.smoothing is not None:
-        return run_smoothing(args)
+    if args.vnnlib is not None or args.smoothing is not None:
+        if args.cluster or args.resume or args.workers != 1:
+            raise InputError("--workers, --cluster and --resume are for --instances and --data runs")
+        return run_vnnlib(args) if args.vnnlib is not None else run_smoothing(args)
     if args.eps is None:
         parser.error("give --eps (the L-inf radius)")
     return run_robustness(args)
@@ -152,10 +163,11 @@ def _load(path: Path, loader):
 
 def run_robustness(args) -> int:
     from rich.console import Console
-    from rich.progress import Progress
 
     from . import compare, report
+    from .dataset import run_dataset
     from .onnx import load_onnx
+    from .tasks import file_sha256
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     unknown = [m for m in methods if m not in compare.known_methods()]
@@ -174,13 +186,19 @@ def run_robustness(args) -> int:
                "milp": {"intermediate": args.intermediate, "time_limit": args.time_limit}}
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     console.print(f"{args.model}: {network.summary()}; {len(xs)} samples, eps {args.eps}, methods {', '.join(methods)}")
-    with Progress(console=console, transient=True, disable=len(xs) < 2) as progress:
-        task = progress.add_task("verifying", total=len(xs))
-        records, interrupted = compare.evaluate_dataset(
-            network, xs, labels, args.eps, methods=methods, clip=clip, options=options, start=start,
-            on_record=lambda _: progress.advance(task))
+    data_file = args.input if args.input is not None else (args.data or companion_data(Path(args.model)))
+    data_id = f"sha256 {file_sha256(data_file)}" + (f" label {args.label}" if args.input is not None else "")
+    with cluster_client(args) as client:
+        records, interrupted = run_dataset(
+            network, xs, labels, args.eps, methods=methods, clip=clip, options=options, start=start, out=args.out,
+            resume=args.resume, data_id=data_id, client=client, workers=args.workers, progress=len(xs) > 1,
+            console=console)
     if interrupted:
-        console.print(f"[yellow]interrupted: {len(records)} of {len(xs)} samples done[/yellow]")
+        console.print(f"[yellow]interrupted: {len(records)} of {len(xs)} samples done"
+                      + (f", in {args.out}: rerun with --resume to finish[/yellow]" if args.out else "[/yellow]"))
+    errors = [r for r in records if r["verdict"] == "error"]
+    for record in errors:
+        console.print(f"[bold red]ERROR: sample {record['index']}: {record['error']}[/bold red]", highlight=False)
     doc = report.document(str(args.model), network, args.eps, clip, records, methods)
     console.print(report.table(records, methods))
     for line in report.summary_lines(doc["summary"]):
@@ -190,7 +208,7 @@ def run_robustness(args) -> int:
         console.print(f"plot written to {args.plot}")
     if args.json:
         print(json.dumps(doc, indent=1))
-    return 130 if interrupted else 0
+    return 130 if interrupted else 4 if errors else 0
 
 
 def run_vnnlib(args) -> int:
@@ -272,10 +290,25 @@ def run_smoothing(args) -> int:
 
 def run_instances(args) -> int:
     """Verify a suite (--instances): progress and summary on stderr; exit code 3 when an answer is wrong."""
-    from .suite import run_suite
+    with cluster_client(args) as client:  # first: a wrong address fails before the imports below
+        from .suite import run_suite
 
-    _, summary = run_suite(args.instances, timeout_scale=args.timeout_scale, out=args.out, workers=args.workers)
-    return 3 if summary["wrong"] else 0
+        _, summary = run_suite(args.instances, timeout_scale=args.timeout_scale, out=args.out, workers=args.workers,
+                               client=client, resume=args.resume)
+    return 3 if summary["wrong"] else 130 if summary["interrupted"] else 4 if summary["error"] else 0
+
+
+def cluster_client(args):
+    """A context giving the distributed.Client of --cluster ADDRESS (closed at the end), or None without it."""
+    import contextlib
+
+    if args.cluster is None:
+        return contextlib.nullcontext(None)
+    if args.workers != 1:
+        raise InputError("--workers is for this machine; with --cluster the cluster's workers run the tasks")
+    from .cluster import connect
+
+    return connect(args.cluster)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,12 +2,12 @@
 
 A record is a plain dict in the JSON schema of DESIGN.md: ``{"index", "label", "prediction", "methods", "verdict"}``
 where each method's entry holds ``lower`` and/or ``upper`` bounds on the sample's robust margin
-``min_{x in box} min_{j != label} f_label(x) - f_j(x)``.
+``min_{x in box} min_{j != label} f_label(x) - f_j(x)``. A whole dataset runs sample by sample as tasks
+(dataset.run_dataset: in this process, worker processes or a Dask cluster).
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import numpy as np
 
@@ -90,23 +90,3 @@ def decide(methods: dict) -> str:
     if robust:
         return "robust"
     return "attacked" if attacked else "unknown"
-
-
-def evaluate_dataset(network: Network, xs: np.ndarray, labels: np.ndarray, eps: float, *, methods: list[str],
-                     clip=(0.0, 1.0), options: dict | None = None, start: int = 0,
-                     on_record: Callable[[dict], None] | None = None) -> tuple[list[dict], bool]:
-    """Evaluate samples xs (N, ...) with labels (N,); returns (records, interrupted).
-
-    Ctrl-C stops after the sample in progress is abandoned and returns what is done so far.
-    """
-    records: list[dict] = []
-    try:
-        for offset, (x, label) in enumerate(zip(xs, labels)):
-            record = evaluate_sample(network, x, int(label), eps, methods=methods, clip=clip, options=options,
-                                     index=start + offset)
-            records.append(record)
-            if on_record:
-                on_record(record)
-    except KeyboardInterrupt:
-        return records, True
-    return records, False

@@ -10,12 +10,14 @@ from .compare import ATTACKS, EXACT, certified_methods
 from .network import Network
 
 VERDICT_STYLE = {"certified": "green", "robust": "cyan", "attacked": "red", "unknown": "yellow",
-                 "misclassified": "dim"}
+                 "misclassified": "dim", "error": "bold red"}
+NOT_EVALUATED = ("misclassified", "error")  # verdicts of records without method results
 
 
 def summarize(records: list[dict], methods: list[str]) -> dict:
-    """Counts per verdict and per certified method, and the mean gaps exact - LP and PGD - exact."""
-    clean = [r for r in records if r["verdict"] != "misclassified"]
+    """Counts per verdict and per certified method, and the mean gaps exact - LP and PGD - exact; "errors" (records
+    whose task failed, counted neither clean nor misclassified) only when there are some."""
+    clean = [r for r in records if r["verdict"] not in NOT_EVALUATED]
     summary = {
         "n": len(records),
         "clean": len(clean),
@@ -33,6 +35,9 @@ def summarize(records: list[dict], methods: list[str]) -> dict:
         gaps = [r["methods"][attack]["upper"] - r["methods"]["milp"]["upper"] for r in exact]
         if gaps:
             summary[f"gap_{attack}_exact"] = float(np.mean(gaps))
+    errors = sum(r["verdict"] == "error" for r in records)
+    if errors:
+        summary["errors"] = errors
     return summary
 
 
@@ -84,7 +89,7 @@ def table(records: list[dict], methods: list[str], title: str = ""):
     for r in records:
         cells = [_cell(r["methods"].get(m), key) for m, key in columns]
         style = VERDICT_STYLE[r["verdict"]]
-        out.add_row(str(r["index"]), str(r["label"]), str(r["prediction"]), *cells,
+        out.add_row(str(r["index"]), str(r["label"]), "" if r["prediction"] is None else str(r["prediction"]), *cells,
                     f"[{style}]{r['verdict']}[/{style}]")
     return out
 
@@ -93,7 +98,7 @@ def summary_lines(summary: dict) -> list[str]:
     """Human-readable summary lines."""
     n, clean = summary["n"], summary["clean"]
     lines = [f"samples {n}, clean accuracy {clean}/{n}, attacked {summary['attacked']}, "
-             f"exactly robust {summary['robust']}"]
+             f"exactly robust {summary['robust']}" + (f", failed {summary['errors']}" if "errors" in summary else "")]
     if summary["certified"]:
         lines.append("certified: " + ", ".join(f"{m} {c}/{n}" for m, c in summary["certified"].items()))
     gaps = {k: v for k, v in summary.items() if k.startswith("gap_")}
@@ -109,7 +114,7 @@ def plot(records: list[dict], methods: list[str], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    clean = [r for r in records if r["verdict"] != "misclassified"]
+    clean = [r for r in records if r["verdict"] not in NOT_EVALUATED]
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(clean) + 2), 4))
     for i, r in enumerate(clean):
         lowers = [r["methods"][m]["lower"] for m in certified_methods(methods)]

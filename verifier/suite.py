@@ -5,21 +5,23 @@ without a header row (VNN-COMP's own files have none). ``expected`` is ``sat`` /
 ``unknown``, is not judged). A decided verdict that contradicts the expected one is WRONG: the summary counts
 them, `print_summary` lists them in red, and the CLI exits with code 3.
 
-Times are wall-clock seconds of `verify.verify_instance` (parsing the VNN-LIB file included; loading a network is
-done once per file and counted for its first instance), in this process or in worker processes (`workers`).
+Instances run through `jobs.run_tasks`: in this process, in local worker processes or on a Dask cluster, rows
+appended to `--out` as they finish, `--resume` to finish an interrupted run. Times are wall-clock seconds of
+`verify.verify_instance` (parsing the VNN-LIB file included; loading a network is done once per file and process
+and counted for the first instance that needed it).
 """
 from __future__ import annotations
 
 import csv
 import statistics
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from .errors import InputError
+from .jobs import ResultFile, Task, run_tasks
+from .tasks import file_sha256, verify_instance_task
 
 EXPECTED_STATUS = {"sat": "violated", "unsat": "holds"}
-FIELDS = ["onnx", "vnnlib", "verdict", "result", "seconds", "domains", "expected", "timeout"]
+FIELDS = ["onnx", "vnnlib", "verdict", "result", "seconds", "domains", "expected", "timeout", "error"]
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -53,47 +55,9 @@ def read_instances(instances_csv: str | Path) -> list[dict]:
     return rows
 
 
-class _Runner:
-    """Verifies instances, keeping loaded networks (one per ONNX file) across them."""
-
-    def __init__(self) -> None:
-        self.networks: dict = {}
-
-    def __call__(self, instance: dict, timeout_scale: float) -> dict:
-        from .onnx import load_onnx
-        from .verify import RESULT_WORDS, verify_instance
-
-        start = time.perf_counter()
-        if instance["onnx"] not in self.networks:
-            self.networks[instance["onnx"]] = load_onnx(instance["onnx"])
-        timeout = instance["timeout"] * timeout_scale
-        verdict = verify_instance(self.networks[instance["onnx"]], instance["vnnlib"], timeout)
-        return {"verdict": verdict.status, "result": RESULT_WORDS[verdict.status],
-                "seconds": round(time.perf_counter() - start, 4), "domains": verdict.stats.get("domains", 0),
-                "timeout": round(timeout, 3)}
-
-
-_WORKER_RUNNER: _Runner | None = None  # one per worker process (its network cache)
-
-
-def _worker_init() -> None:
-    global _WORKER_RUNNER
-    import torch
-
-    torch.set_num_threads(1)  # the workers share the machine's cores
-    _WORKER_RUNNER = _Runner()
-
-
-def _worker_run(instance: dict, timeout_scale: float) -> dict:
-    return _WORKER_RUNNER(instance, timeout_scale)
-
-
 def write_rows(out: str | Path, rows: list[dict]) -> None:
     """The result rows as a csv (columns FIELDS)."""
-    with Path(out).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows({key: row[key] for key in FIELDS} for row in rows)
+    ResultFile(out, fields=FIELDS).finish(rows)
 
 
 def judge(row: dict) -> str:
@@ -107,66 +71,102 @@ def judge(row: dict) -> str:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Counts (n, solved, correct, wrong, unsolved, holds, violated, unknown, timeout) and times."""
+    """Counts (n, solved, correct, wrong, unsolved, holds, violated, unknown, timeout, error) and times."""
     seconds = [row["seconds"] for row in rows]
     verdicts = [row["verdict"] for row in rows]
     judged = [judge(row) for row in rows]
     return {"n": len(rows), "solved": sum(v in ("holds", "violated") for v in verdicts),
             "correct": judged.count("correct"), "wrong": judged.count("wrong"), "unsolved": judged.count("unsolved"),
-            **{status: verdicts.count(status) for status in ("holds", "violated", "unknown", "timeout")},
+            **{status: verdicts.count(status) for status in ("holds", "violated", "unknown", "timeout", "error")},
             "total_seconds": round(sum(seconds), 3), "median_seconds": round(statistics.median(seconds), 4)
             if seconds else 0.0, "max_seconds": round(max(seconds), 4) if seconds else 0.0,
             "has_expected": any(row["expected"] in EXPECTED_STATUS for row in rows)}
 
 
 def run_suite(instances_csv: str | Path, *, timeout_scale: float = 1.0, out: str | Path | None = None,
-              workers: int = 1, progress: bool = True) -> tuple[list[dict], dict]:
+              workers: int = 1, client=None, resume: bool = False, backend: str = "auto",
+              progress: bool = True) -> tuple[list[dict], dict]:
     """Verify every instance of the csv; returns (rows, summary) and writes rows to `out` (csv) if given.
 
-    rows: dicts with FIELDS (paths as written in the csv, relative to its folder); summary: see `summarize`.
-    workers > 1 runs instances in that many processes (each with one torch thread). progress: a rich progress
-    bar and, at the end, the summary (wrong answers in red) on stderr.
+    rows: dicts with FIELDS (paths as written in the csv, relative to its folder), in the csv's order; an
+    instance whose task failed has verdict "error" and the reason in "error". summary: see `summarize` (plus
+    "interrupted": Ctrl-C stopped the run, rows hold what was done). Who runs the instances: `client` (a
+    distributed.Client), else this process (workers 1), else `workers` local processes with one torch thread
+    each (jobs.run_tasks; backend "pool" forces today's process pool over a local Dask cluster). out: rows
+    appended as they finish, rewritten in order at the end; resume: keep the rows already in `out` (same
+    instance and timeout) and verify only the others. progress: a progress bar and the summary on stderr.
     """
     if not timeout_scale > 0:
         raise InputError(f"--timeout-scale must be > 0, got {timeout_scale}")
-    if workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
+    if resume and out is None:
+        raise InputError("--resume needs --out (the results file to resume)")
     instances = read_instances(instances_csv)
-    results: list[dict | None] = [None] * len(instances)
+    hashes = {path: file_sha256(path) for path in {instance["onnx"] for instance in instances}}
+    missing = [instance["vnnlib"] for instance in instances if not Path(instance["vnnlib"]).is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file")
+    tasks = [Task(instance["name"], verify_instance_task,
+                  (str(Path(instance["onnx"]).resolve()), hashes[instance["onnx"]],
+                   str(Path(instance["vnnlib"]).resolve()), instance["timeout"] * timeout_scale))
+             for instance in instances]
+    by_key = {instance["name"]: instance for instance in instances}
+    results_file = ResultFile(out, fields=FIELDS) if out is not None else None
+    if resume and len(by_key) != len(instances):
+        raise InputError(f"{instances_csv} lists an instance twice; --resume needs each once")
+    previous = _resumed_rows(results_file, by_key, timeout_scale, instances_csv) if resume else {}
+    if results_file is not None:
+        results_file.start(list(previous.values()))
+
+    def make_row(task: Task, result: dict | None, error: str | None) -> dict:
+        instance = by_key[task.key]
+        if result is None:
+            result = {"verdict": "error", "result": "error", "seconds": 0.0, "domains": 0,
+                      "timeout": round(instance["timeout"] * timeout_scale, 3)}
+        return {"onnx": task.key[0], "vnnlib": task.key[1], "expected": instance["expected"], **result,
+                "error": error or ""}
+
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
-        task = bar.add_task("verifying", total=len(instances))
-
-        def record(i: int, result: dict) -> None:
-            instance = instances[i]
-            results[i] = {"onnx": instance["name"][0], "vnnlib": instance["name"][1],
-                          "expected": instance["expected"], **result}
-            if out is not None:  # rows as they come (a long run can be watched); rewritten in order at the end
-                write_rows(out, [row for row in results if row is not None])
-            bar.update(task, advance=1, description=f"{Path(instance['vnnlib']).stem}: {result['verdict']}")
-
-        if workers == 1:
-            runner = _Runner()
-            for i, instance in enumerate(instances):
-                record(i, runner(instance, timeout_scale))
-        else:
-            import multiprocessing
-
-            context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-                futures = {pool.submit(_worker_run, instance, timeout_scale): i
-                           for i, instance in enumerate(instances)}
-                for future in as_completed(futures):
-                    record(futures[future], future.result())
-    rows = [row for row in results if row is not None]
-    summary = summarize(rows)
+    try:
+        done, interrupted = run_tasks(tasks, make_row, previous=previous, out=results_file, client=client,
+                                      workers=workers, backend=backend, progress=progress, console=console)
+    finally:
+        if results_file is not None:
+            results_file.close()
+    rows = [done[task.key] for task in tasks if task.key in done]
+    if results_file is not None and not interrupted:
+        results_file.finish(rows)
+    summary = {**summarize(rows), "interrupted": interrupted}
     if progress:
         print_summary(rows, summary, console)
+        if interrupted:
+            console.print(f"[yellow]interrupted: {len(rows)} of {len(tasks)} instances done"
+                          + (f", in {out}: rerun with --resume to finish[/yellow]" if out else "[/yellow]"))
     return rows, summary
+
+
+def _resumed_rows(results_file: ResultFile, by_key: dict, timeout_scale: float, instances_csv) -> dict:
+    """{instance name: row} of the rows already in --out; error rows are dropped (they are verified again).
+    InputError when a row is no instance of this suite or was verified with another timeout."""
+    previous = {}
+    for row in results_file.previous_rows():
+        key = (row["onnx"], row["vnnlib"])
+        if key not in by_key:
+            raise InputError(f"{results_file.path} holds a row for {key[0]} {key[1]}, no instance of "
+                             f"{instances_csv}; use another --out")
+        timeout = round(by_key[key]["timeout"] * timeout_scale, 3)
+        try:
+            typed = {**row, "seconds": float(row["seconds"]), "domains": int(row["domains"] or 0),
+                     "timeout": float(row["timeout"])}
+        except ValueError:
+            continue  # a damaged row: verify the instance again
+        if abs(typed["timeout"] - timeout) > 1e-6:
+            raise InputError(f"{results_file.path} holds results for another timeout ({typed['timeout']} s for "
+                             f"{key[1]}, {timeout} s now); use the same --timeout-scale, or another --out")
+        if row["verdict"] != "error":
+            previous[key] = typed
+    return previous
 
 
 def print_summary(rows: list[dict], summary: dict, console) -> None:
@@ -176,8 +176,13 @@ def print_summary(rows: list[dict], summary: dict, console) -> None:
             f"median {summary['median_seconds']:.2f} s, max {summary['max_seconds']:.1f} s")
     if summary["has_expected"]:
         line += f"; {summary['correct']} correct, {summary['wrong']} wrong"
+    if summary["error"]:
+        line += f"; {summary['error']} failed (verdict error)"
     console.print(line)
     for row in rows:
+        if row["verdict"] == "error":
+            console.print(f"[bold red]ERROR: {row['onnx']} {row['vnnlib']}: {row['error']}[/bold red]",
+                          highlight=False)
         if judge(row) == "wrong":
             console.print(f"[bold red]WRONG: {row['onnx']} {row['vnnlib']}: {row['verdict']} "
                           f"(expected {row['expected']})[/bold red]")

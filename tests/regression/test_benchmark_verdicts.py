@@ -72,7 +72,8 @@ def test_run_suite_writes_results_and_counts(tmp_path):
     assert summary["total_seconds"] == pytest.approx(sum(r["seconds"] for r in rows), abs=1e-2)
     with out.open() as handle:
         written = list(csv.DictReader(handle))
-    assert list(written[0]) == ["onnx", "vnnlib", "verdict", "result", "seconds", "domains", "expected", "timeout"]
+    assert list(written[0]) == ["onnx", "vnnlib", "verdict", "result", "seconds", "domains", "expected", "timeout",
+                               "error"]
     assert [w["result"] for w in written] == ["unsat", "sat", "unsat"]
 
 

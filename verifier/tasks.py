@@ -1,0 +1,98 @@
+"""The work units of suites and datasets, run in worker processes (local or on a Dask cluster) or in this one.
+
+A task is a pure function of paths, arrays and options to a result dict: the same inputs give the same answer,
+so a task retried after its worker died, or redone by `--resume`, is as good as the first attempt. Networks
+travel as (path, sha256): a worker loads each network file once, not once per task.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .network import Network
+
+NETWORK_CACHE_SIZE = 8
+
+# The one piece of global state, on purpose: a worker process runs many tasks on few networks, and parsing the
+# ONNX file for each task would cost more than a small instance takes to verify. Keyed by the file's sha256 (a
+# file changed on disk is loaded again, never served stale); bounded, so a long-lived process holds at most
+# NETWORK_CACHE_SIZE networks.
+_NETWORKS: OrderedDict[str, Network] = OrderedDict()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (the identity of a network file, or a data file, in tasks and --out)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remember_network(sha256: str, network: Network) -> None:
+    """Put an already loaded network in this process's cache (the in-process run reuses the caller's)."""
+    _NETWORKS[sha256] = network
+    _NETWORKS.move_to_end(sha256)
+    while len(_NETWORKS) > NETWORK_CACHE_SIZE:
+        _NETWORKS.popitem(last=False)
+
+
+def cached_network(path: str, sha256: str) -> Network:
+    """The network of the ONNX file at path, whose content must hash to sha256; loaded at most once per process."""
+    if sha256 in _NETWORKS:
+        _NETWORKS.move_to_end(sha256)
+        return _NETWORKS[sha256]
+    from .onnx import load_onnx
+
+    if file_sha256(path) != sha256:
+        raise InputError(f"{path} changed since the run started (its sha256 is no longer {sha256[:12]}...)")
+    network = load_onnx(path)
+    remember_network(sha256, network)
+    return network
+
+
+def verify_instance_task(onnx: str, onnx_sha256: str, vnnlib: str, timeout: float) -> dict:
+    """One VNN-LIB instance: {verdict, result (VNN-COMP word), seconds (wall, loading the network included when
+    this process had not loaded it yet), domains, timeout (s)}."""
+    from .verify import RESULT_WORDS, verify_instance
+
+    start = time.perf_counter()
+    network = cached_network(onnx, onnx_sha256)
+    verdict = verify_instance(network, vnnlib, timeout)
+    return {"verdict": verdict.status, "result": RESULT_WORDS[verdict.status],
+            "seconds": round(time.perf_counter() - start, 4), "domains": verdict.stats.get("domains", 0),
+            "timeout": round(timeout, 3)}
+
+
+def evaluate_sample_task(model: str, model_sha256: str, x: np.ndarray, label: int, index: int, eps: float,
+                         methods: list[str], clip: tuple[float, float] | None, options: dict) -> dict:
+    """One sample of a dataset (x: (n_inputs,)): its record in the JSON schema of DESIGN.md
+    (compare.evaluate_sample)."""
+    from .compare import evaluate_sample
+
+    network = cached_network(model, model_sha256)
+    return evaluate_sample(network, x, label, eps, methods=methods, clip=clip, options=options, index=index)
+
+
+def in_worker(function, *args) -> dict:
+    """Run a task in a worker process: one torch thread (the workers of a machine share its cores), then the
+    task. Module-level so that Dask and process pools pickle it by reference."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # not imported yet (and maybe never: a worker that only sleeps in benchmarks/cluster.py)
+        os.environ["OMP_NUM_THREADS"] = "1"  # read when torch starts its thread pool
+    elif torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return function(*args)
