@@ -356,6 +356,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     per ReLU layer the rows' lower slopes (k, w_i) (stable neurons: 1 active, 0 inactive).
     """
     start = time.perf_counter()
+    network.require_chain("dual")
     C, d = check_problem(network, box, C, d)
     if slopes not in ("wk", "adaptive", "opt"):
         raise ValueError(f"unknown slopes {slopes!r}; use 'wk', 'adaptive' or 'opt'")
@@ -380,6 +381,7 @@ def backward_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray
     and fixed lower slopes: alpha[j] (k, w_i) (or (w_i,)) for the j-th ReLU layer, clipped to [0, 1]; entries of
     stable neurons are ignored; a None entry takes the adaptive rule. (Like every bound here, each row is also
     intersected with its interval bound.) For an LP's dual: alpha = mu(h >= z) / (mu(h >= 0) + mu(h >= z))."""
+    network.require_chain("dual (backward_bound)")
     C, d = check_problem(network, box, C, d)
     relu_layers = [i for i, relu in enumerate(network.relu_after) if relu]
     if len(alpha) != len(relu_layers):
