@@ -42,6 +42,7 @@ import torch
 
 from ..network import Network
 from ..spec import InputBox
+from . import engine
 from .base import BoundResult, check_problem
 
 Tensor = torch.Tensor
@@ -356,10 +357,12 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     per ReLU layer the rows' lower slopes (k, w_i) (stable neurons: 1 active, 0 inactive).
     """
     start = time.perf_counter()
-    network.require_chain("dual")
     C, d = check_problem(network, box, C, d)
     if slopes not in ("wk", "adaptive", "opt"):
         raise ValueError(f"unknown slopes {slopes!r}; use 'wk', 'adaptive' or 'opt'")
+    if not network.is_chain:
+        return engine.graph_bound(network, box, C, d, layer_bounds=layer_bounds, slopes=slopes,
+                                  iterations=iterations, lr=lr, device=device, dtype=dtype)
     relu_after = network.relu_after
     weights, lo, hi, Ct, dt, given = _torch_problem(network, box, C, d, layer_bounds, device, dtype)
     if slopes == "opt":
