@@ -2,10 +2,11 @@
 
 Usage: python benchmarks/graph_bounds.py [SUITE_DIR] [--repeats N] [--methods ibp,dual adaptive] [--no-memory]
 
-SUITE_DIR (default ../shared/benchmarks-conv) holds marabou_cifar10/ and verivital/. Instances: the first
-property (eps 0.012) of each cifar10 net and prop_0 of each verivital net. "value": over the property's disjuncts, the
-minimum of the best certified row bound of each (the property is proven when > 0). Times: median of N runs after one warm-up; memory:
-peak RSS of a spawned process running the method once minus an idle one (MiB), as benchmarks/bounds.py.
+SUITE_DIR (default ../shared/benchmarks-conv) holds marabou_cifar10/ and verivital/. Instances: the index-1189
+eps-0.012 property of each cifar10 net and prop_0 of each verivital net. "value": over the property's disjuncts,
+the minimum of the best certified row bound of each (the property is proven when > 0). Times: median of N runs
+after one warm-up; memory: peak RSS of a spawned process running the method once minus an idle one (MiB), as
+benchmarks/bounds.py.
 Run with OMP_NUM_THREADS=1 for comparable numbers.
 """
 from __future__ import annotations

@@ -39,8 +39,9 @@ class _Builder:
         return self.const(self.rng.normal(size=shape) / np.sqrt(fan_in))
 
     def conv(self, x: str, c_in: int, c_out: int, k: int = 3, groups: int = 1, **attrs) -> str:
-        return self.node("Conv", [x, self.weight(c_out, c_in // groups, k, k), self.const(self.rng.normal(size=c_out) * 0.1)],
-                         kernel_shape=[k, k], group=groups, **attrs)
+        bias = self.const(self.rng.normal(size=c_out) * 0.1)
+        return self.node("Conv", [x, self.weight(c_out, c_in // groups, k, k), bias], kernel_shape=[k, k], group=groups,
+                         **attrs)
 
     def bn(self, x: str, c: int) -> str:
         r = self.rng
@@ -113,8 +114,18 @@ def _nhwc_normalised(g: _Builder) -> str:  # input (1, 6, 6, 3), as tf2onnx writ
     return g.node("Add", [g.node("MatMul", [h, g.weight(8, 3)]), g.const(g.rng.normal(size=3) * 0.1)])
 
 
+def _normalised_conv_padded_pool(g: _Builder) -> str:  # input (1, 3, 6, 6)
+    mean = g.const(np.array([0.4, 0.5, 0.6]).reshape(3, 1, 1))
+    std = g.const(np.array([0.2, 0.25, 0.3]).reshape(3, 1, 1))
+    h = g.node("Div", [g.node("Sub", ["x", mean]), std])  # folds into the conv (no padding)
+    h = g.relu(g.node("Mul", [g.conv(h, 3, 4, 3), g.const(np.array([1.5, -0.5, 2.0, 0.7]).reshape(4, 1, 1))]))  # 4x4
+    h = g.node("AveragePool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)
+    return g.gemm(g.flatten(h), 16, 3)  # 2 x 2
+
+
 def _dense_branches(g: _Builder) -> str:  # input (1, 5): a dense graph that is not a chain
-    a = g.relu(g.gemm("x", 5, 6))
+    a = g.relu(g.bn(g.gemm("x", 5, 6), 6))  # batch norm on (1, 6): folds into the Gemm
+    a = g.relu(g.gemm(a, 6, 6))
     b = g.relu(g.gemm(a, 6, 6))
     h = g.relu(g.node("Add", [g.node("Mul", [g.gemm(b, 6, 6), g.const(1.5)]), a]))
     return g.gemm(h, 6, 3)
@@ -127,6 +138,7 @@ _KINDS = {
     "maxpool": ((1, 2, 7, 7), _maxpool),
     "concat_pad": ((1, 2, 5, 5), _concat_pad),
     "nhwc_normalised": ((1, 6, 6, 3), _nhwc_normalised),
+    "normalised_conv_padded_pool": ((1, 3, 6, 6), _normalised_conv_padded_pool),
     "dense_branches": ((1, 5), _dense_branches),
 }
 KINDS = tuple(_KINDS)

@@ -8,10 +8,11 @@ arithmetic of the chain loader this replaces (so ACAS Xu and MNIST nets keep bit
 identity Affine in front of a leading ReLU, relu(relu(x)) = relu(x).
 
 Other graphs keep their operators; these fusions apply (each exact up to rounding, and never growing a weight):
-ReLU after ReLU is dropped; an Elementwise (batch norm, scaling) after a Dense, or a per-channel one after a
-Conv2d, or another Elementwise, folds into it; a Dense or Gather absorbs a Reshape before it, a Gather a Pad, Transpose or Gather, a Dense absorbs a single-consumer Reshape/Transpose/Elementwise/Pad before it (through
-the operator's transpose), or a Dense before it when the product is not larger; a Conv2d without padding absorbs a
-per-channel Elementwise (input normalisation) before it. Nodes the output does not depend on are dropped.
+ReLU after ReLU is dropped; an Elementwise (batch norm, scaling) folds into a Dense or another Elementwise before
+it, a per-channel one into a Conv2d before it; a Dense or Gather absorbs a Reshape before it, a Gather a Pad,
+Transpose or Gather (index composition), a Dense a single-consumer Transpose/Elementwise/Pad (through the
+operator's transpose) or a Dense when the product is not larger; a Conv2d without padding absorbs a per-channel
+Elementwise before it (input normalisation). Nodes the output does not depend on are dropped.
 """
 from __future__ import annotations
 

@@ -199,17 +199,21 @@ class Network:
     def is_chain(self) -> bool:
         return self._layers is not None
 
+    def _not_a_chain(self) -> str:
+        return ", ".join([name for name in self.op_names() if name not in ("Dense", "ReLU")] or ["branches"])
+
     def require_chain(self, method: str) -> None:
         """Raise UnsupportedNetwork unless the network is a dense chain (Dense and ReLU layers alternating)."""
         if self._layers is None:
-            others = [name for name in self.op_names() if name not in ("Dense", "ReLU")] or ["branches"]
-            raise UnsupportedNetwork(f"method {method} does not support {', '.join(others)} yet: it needs a dense "
-                                     "chain (Dense and ReLU layers alternating)")
+            raise UnsupportedNetwork(f"method {method} does not support {self._not_a_chain()} yet: it needs a "
+                                     "dense chain (Dense and ReLU layers alternating)")
 
     @property
     def layers(self) -> tuple:
         """The Affine/ReLU layers of a dense chain (module docstring)."""
-        self.require_chain("layers")
+        if self._layers is None:
+            raise UnsupportedNetwork(f"a network with {self._not_a_chain()} has no dense layers: the method asked "
+                                     "for supports dense chains (Dense and ReLU layers alternating) only so far")
         return self._layers
 
     @property
@@ -270,7 +274,7 @@ class Network:
         x = np.asarray(x, dtype=np.float64)
         # one sample: a flat vector, or exactly the declared shape when that has extra axes ((1,1,1,5), not (1,n))
         single = x.size == self.n_inputs and (x.ndim <= 1 or (x.ndim > 2 and x.shape == self._input_shape))
-        h = torch.from_numpy(np.ascontiguousarray(x.reshape(1 if single else x.shape[0], self.n_inputs)))
+        h = torch.tensor(x.reshape(1 if single else x.shape[0], self.n_inputs))  # a copy: x may be read-only
         with torch.no_grad():
             out = self.forward_torch(h).numpy()
         return out[0] if single else out

@@ -328,14 +328,24 @@ class Gather(Linear):
     in_shapes: tuple
     out_shape: Shape
 
+    @cached_property
+    def _reads_zero(self) -> bool:
+        return bool((self.index < 0).any())
+
+    @cached_property
+    def _positions(self) -> Tensor:
+        """The index into flat(x), with -1 turned into the position of an appended zero column."""
+        return self.index % (_size(self.in_shape) + 1)
+
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
-        flat = torch.cat([flat, flat.new_zeros(x.shape[0], 1)], 1)  # index -1 reads this zero column
-        return flat[:, self.index].reshape(x.shape[0], *self.out_shape)
+        if self._reads_zero:
+            flat = torch.cat([flat, flat.new_zeros(x.shape[0], 1)], 1)
+        return flat.index_select(1, self._positions).reshape(x.shape[0], *self.out_shape)
 
     def backward(self, A: Tensor) -> tuple[Tensor]:
         n_in = _size(self.in_shape)
-        rows = A.new_zeros(A.shape[0], n_in + 1).index_add_(1, self.index % (n_in + 1), A.reshape(A.shape[0], -1))
+        rows = A.new_zeros(A.shape[0], n_in + 1).index_add_(1, self._positions, A.reshape(A.shape[0], -1))
         return (rows[:, :n_in].reshape(A.shape[0], *self.in_shape),)
 
     def sparse(self) -> tuple[sp.csr_matrix, np.ndarray]:

@@ -3,6 +3,8 @@ with single boxes, a conv graph gives the same bound as its dense expansion, and
 bounds/dual.py (the chain implementation it will replace)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,15 @@ def test_optimized_slopes_are_sound_and_not_worse(graph):
     assert np.all(opt.lower >= adaptive.lower - 1e-9)
     y = graph.forward(samples(box, np.random.default_rng(5)))
     assert np.all(y @ C.T + d >= opt.lower - 1e-9)
+
+
+@pytest.mark.parametrize("name, eps", [("mnist-net_256x2.onnx", 0.02), ("ACASXU_run2a_1_1_batch_2000.onnx", 0.05)])
+def test_real_dense_chains_reproduce_dual(name, eps):
+    chain = load_onnx(Path(__file__).resolve().parents[1] / "data" / name)
+    center = np.random.default_rng(0).uniform(0.2, 0.8, chain.n_inputs)
+    box = InputBox(center - eps, center + eps)
+    C, d = margin_rows(0, chain.n_outputs)
+    for slopes in ("wk", "adaptive"):
+        expected, got = dual.bound(chain, box, C, d, slopes=slopes), dual.bound(as_graph(chain), box, C, d,
+                                                                                  slopes=slopes)
+        np.testing.assert_allclose(got.lower, expected.lower, rtol=1e-9, atol=1e-9)

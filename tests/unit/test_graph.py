@@ -161,3 +161,22 @@ def test_graph_validation():
         Network((inp, Node(dense, (1,))))
     with pytest.raises(ValueError, match="Input node"):
         Network((Node(dense, (0,)),))
+
+
+def test_verify_decides_on_a_conv_graph_or_says_unknown(tmp_path):
+    from verifier.bounds import bound
+    from verifier.spec import linf_ball, robustness_property
+    from verifier.verify import verify
+
+    net = load_onnx(random_graph_file("conv_bn_avgpool_dense", tmp_path, seed=0))
+    x0 = np.random.default_rng(0).uniform(0, 1, net.n_inputs)
+    label = int(np.argmax(net.forward(x0)))
+    holds = verify(net, linf_ball(x0, 1e-4), robustness_property(label, net.n_outputs), timeout=30)
+    assert holds.status == "holds"
+    wrong = (label + 1) % net.n_outputs  # x0 itself is a counterexample, confirmed by onnxruntime
+    violated = verify(net, linf_ball(x0, 1e-4), robustness_property(wrong, net.n_outputs), timeout=30)
+    assert violated.status == "violated" and violated.counterexample is not None
+    hard = verify(net, linf_ball(x0, 0.3), robustness_property(label, net.n_outputs), timeout=5)
+    assert hard.status in ("unknown", "timeout", "violated")  # the engine's bound is far below 0 there
+    C, d = margin_rows(label, net.n_outputs)
+    assert bound(net, linf_ball(x0, 0.3), C, d, method="dual", slopes="opt").lower.min() < 0

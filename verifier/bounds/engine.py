@@ -12,7 +12,7 @@ active (h = z). On unstable neurons the upper line has slope ``s = u / (u - l)``
 slope is "wk" (alpha = s), "adaptive" (alpha = 1 if u >= -l else 0) or given (clipped to [0, 1]).
 
 Layer bounds (the inputs of every ReLU node, then the output) are computed in topological order: interval
-arithmetic from the bounds so far, intersected with given/reference bounds; then, for the neurons still unstable
+arithmetic from the bounds so far, intersected with given bounds; then, for the neurons still unstable
 in some box of the batch, a backward pass from that node (rows +e_i and -e_i) intersected with them. A ReLU input
 that is one linear operator on the network input gets no pass (its intervals are exact); the output node gets
 the pass on all its entries. The objective rows take a backward pass from the output, intersected with their
@@ -33,7 +33,7 @@ from .. import ops
 from ..network import Network
 from ..spec import InputBox
 from .base import BoundResult
-from .interval import relu_inputs
+from .interval import interval_step, relu_inputs
 
 Tensor = torch.Tensor
 
@@ -73,7 +73,7 @@ def relax(l: Tensor, u: Tensor, rule: str) -> Relaxation:
     return Relaxation(unstable, stable_slope, rule_slope, upper_slope, upper_offset)
 
 
-def _sum_over_shape(x: Tensor, shape: tuple) -> Tensor:
+def _sum_over_shape(x: Tensor) -> Tensor:
     """x (B, K, *shape) summed over the shape -> (B, K)."""
     return x.reshape(*x.shape[:2], -1).sum(-1)
 
@@ -94,11 +94,11 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             r = relaxations[k]
             slope = r.lower_slope(None if alphas is None else alphas.get(k))
             pos, neg = A.clamp(min=0), A.clamp(max=0)
-            const = const + _sum_over_shape(neg * r.upper_offset, node.op.shape)
+            const = const + _sum_over_shape(neg * r.upper_offset)
             parts = (pos * slope + neg * r.upper_slope,)
         else:
             if node.op.offset is not None:
-                const = const + _sum_over_shape(A * node.op.offset, node.op.out_shape)
+                const = const + _sum_over_shape(A * node.op.offset)
             lead = A.shape[:2]
             parts = tuple(p.reshape(*lead, *p.shape[1:])
                           for p in node.op.backward(A.reshape(-1, *node.op.out_shape)))
@@ -110,18 +110,8 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     return const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
 
 
-def _interval_step(network: Network, k: int, bounds: dict) -> tuple[Tensor, Tensor]:
-    node = network.nodes[k]
-    args = [bounds[i] for i in node.inputs]
-    if isinstance(node.op, ops.ReLU):
-        return args[0][0].clamp(min=0), args[0][1].clamp(min=0)
-    mid = node.op.forward(*[(a + b) / 2 for a, b in args])
-    rad = node.op.forward_abs(*[(b - a) / 2 for a, b in args])
-    return mid - rad, mid + rad
-
-
 def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, relaxations: dict,
-             centre: Tensor, radius: Tensor, alphas: dict | None) -> tuple[Tensor, Tensor]:
+             centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
     """Bounds (B, *shape) of node k intersected with a backward pass from it, for the entries unstable in some
     box (all entries when all_entries); each box keeps its own stable entries as they were."""
     shape = network.nodes[k].op.out_shape
@@ -131,11 +121,18 @@ def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, 
     m = idx.numel()
     if m == 0:
         return l, u
-    eye = torch.zeros(m, flat_l.shape[1], dtype=l.dtype, device=l.device)
-    eye[torch.arange(m), idx] = 1.0
-    A = torch.cat([eye, -eye]).reshape(1, 2 * m, *shape)
-    low = backward(network, k, A, torch.zeros(1, 2 * m, dtype=l.dtype, device=l.device), relaxations, centre,
-                   radius, alphas)
+    node = network.nodes[k]
+    if isinstance(node.op, ops.Dense):  # the rows +-e_i through the dense map: its rows +-W_i (cheaper)
+        top, weight = node.inputs[0], node.op.weight[idx]
+        bias = torch.zeros(m, dtype=l.dtype, device=l.device) if node.op.bias is None else node.op.bias[idx]
+        A = torch.cat([weight, -weight]).reshape(1, 2 * m, *node.op.in_shape)
+        const = torch.cat([bias, -bias]).unsqueeze(0)
+    else:
+        eye = torch.zeros(m, flat_l.shape[1], dtype=l.dtype, device=l.device)
+        eye[torch.arange(m), idx] = 1.0
+        top, A = k, torch.cat([eye, -eye]).reshape(1, 2 * m, *shape)
+        const = torch.zeros(1, 2 * m, dtype=l.dtype, device=l.device)
+    low = backward(network, top, A, const, relaxations, centre, radius)
     new_l = torch.maximum(flat_l[:, idx], low[:, :m])
     new_u = torch.minimum(flat_u[:, idx], -low[:, m:])
     if not all_entries:  # the union over the batch was bounded: each box keeps its own stable entries
@@ -144,17 +141,12 @@ def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, 
     return (flat_l.index_copy(1, idx, new_l).reshape(l.shape), flat_u.index_copy(1, idx, new_u).reshape(u.shape))
 
 
-def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive", given: dict | None = None,
-                 reference: dict | None = None, alphas: dict | None = None, output_pass: bool = True
-                 ) -> tuple[dict, dict]:
-    """Bounds {node id: (l, u) (B, *shape)} of every node (module docstring), and the ReLU relaxations.
-
-    given: {ReLU-input node id: (l, u)} used exactly (not recomputed) for those ReLU inputs, intersected for the
-    output; reference: {node id: (l, u)} intersected with the computed ones; alphas: {target node id: {ReLU node
-    id: slopes}}, the lower slopes of the pass from each target (rows: +e_i then -e_i of its bounded entries).
-    output_pass: whether a non-ReLU output node gets a backward pass (else interval bounds only).
-    """
-    given, reference = given or {}, reference or {}
+def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive", given: dict | None = None
+                ) -> tuple[dict, dict]:
+    """Bounds {node id: (l, u) (B, *shape)} of every node (module docstring), and the ReLU relaxations {ReLU
+    node id: Relaxation} (slopes `rule`). given: {ReLU-input node id: (l, u)} used exactly (not recomputed) for
+    those ReLU inputs, intersected with the computed ones for the output node."""
+    given = given or {}
     centre, radius = (lo + hi) / 2, (hi - lo) / 2
     pre_activation = {network.nodes[k].inputs[0] for k in network.relu_nodes}
     bounds = {0: (lo.reshape(lo.shape[0], *network.input_shape), hi.reshape(hi.shape[0], *network.input_shape))}
@@ -165,15 +157,13 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
         if k in given and k in pre_activation:
             l, u = (x.expand(batch, *node.op.out_shape) for x in given[k])
         else:
-            l, u = _interval_step(network, k, bounds)
-            for extra in (given.get(k), reference.get(k)):
-                if extra is not None:
-                    l, u = torch.maximum(l, extra[0]), torch.minimum(u, extra[1])
+            l, u = interval_step(network, k, bounds)
+            if k in given:
+                l, u = torch.maximum(l, given[k][0]), torch.minimum(u, given[k][1])
             exact = len(node.inputs) == 1 and node.inputs[0] == 0  # one linear operator on the input
-            output = k == network.output and output_pass and not isinstance(node.op, ops.ReLU)
+            output = k == network.output and not isinstance(node.op, ops.ReLU)
             if not exact and (k in pre_activation or output):
-                l, u = _tighten(network, k, l, u, k not in pre_activation, relaxations, centre, radius,
-                                None if alphas is None else alphas.get(k))
+                l, u = _tighten(network, k, l, u, k not in pre_activation, relaxations, centre, radius)
         bounds[k] = (l, u)
         if isinstance(node.op, ops.ReLU):
             relaxations[k] = relax(*bounds[node.inputs[0]], rule)

@@ -42,18 +42,24 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, given: dict | None = N
     """
     given = given or {}
     bounds = [(lo.reshape(lo.shape[0], *network.input_shape), hi.reshape(hi.shape[0], *network.input_shape))]
-    for k, node in enumerate(network.nodes[1:], 1):
-        args = [bounds[i] for i in node.inputs]
-        if isinstance(node.op, ops.ReLU):
-            l, u = args[0][0].clamp(min=0), args[0][1].clamp(min=0)
-        else:
-            mid = node.op.forward(*[(a + b) / 2 for a, b in args])
-            rad = node.op.forward_abs(*[(b - a) / 2 for a, b in args])
-            l, u = mid - rad, mid + rad
+    for k in range(1, len(network.nodes)):
+        l, u = interval_step(network, k, bounds)
         if k in given:
             l, u = torch.maximum(l, given[k][0]), torch.minimum(u, given[k][1])
         bounds.append((l, u))
     return bounds
+
+
+def interval_step(network: Network, k: int, bounds) -> tuple[Tensor, Tensor]:
+    """Interval (l, u) of node k from its inputs' bounds (``bounds[i]`` = (l_i, u_i), a list or a dict): a linear
+    node maps the centres with `forward` and the radii with `forward_abs`, a ReLU clips."""
+    node = network.nodes[k]
+    args = [bounds[i] for i in node.inputs]
+    if isinstance(node.op, ops.ReLU):
+        return args[0][0].clamp(min=0), args[0][1].clamp(min=0)
+    mid = node.op.forward(*[(a + b) / 2 for a, b in args])
+    rad = node.op.forward_abs(*[(b - a) / 2 for a, b in args])
+    return mid - rad, mid + rad
 
 
 def relu_inputs(network: Network) -> list[int]:
