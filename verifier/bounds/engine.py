@@ -36,6 +36,7 @@ from .base import BoundResult
 from .interval import interval_step, relu_inputs
 
 Tensor = torch.Tensor
+MAX_ENTRIES = 256  # entries of one node bounded per backward pass (2 rows each): caps the passes' memory
 
 
 @dataclass(frozen=True)
@@ -110,31 +111,39 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     return const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
 
 
-def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, relaxations: dict,
-             centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
-    """Bounds (B, *shape) of node k intersected with a backward pass from it, for the entries unstable in some
-    box (all entries when all_entries); each box keeps its own stable entries as they were."""
-    shape = network.nodes[k].op.out_shape
-    flat_l, flat_u = l.reshape(l.shape[0], -1), u.reshape(u.shape[0], -1)
-    need = torch.ones_like(flat_l[0], dtype=torch.bool) if all_entries else ((flat_l < 0) & (flat_u > 0)).any(0)
-    idx = need.nonzero().flatten()
-    m = idx.numel()
-    if m == 0:
-        return l, u
-    node = network.nodes[k]
+def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, centre: Tensor, radius: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+    """Lower and upper bounds (B, m) of the entries idx (m,) of node k's flat values: one backward pass with the
+    rows +e_i then -e_i."""
+    node, m = network.nodes[k], idx.numel()
+    dtype, device = centre.dtype, centre.device
     if isinstance(node.op, ops.Dense):  # the rows +-e_i through the dense map: its rows +-W_i (cheaper)
         top, weight = node.inputs[0], node.op.weight[idx]
-        bias = torch.zeros(m, dtype=l.dtype, device=l.device) if node.op.bias is None else node.op.bias[idx]
+        bias = torch.zeros(m, dtype=dtype, device=device) if node.op.bias is None else node.op.bias[idx]
         A = torch.cat([weight, -weight]).reshape(1, 2 * m, *node.op.in_shape)
         const = torch.cat([bias, -bias]).unsqueeze(0)
     else:
-        eye = torch.zeros(m, flat_l.shape[1], dtype=l.dtype, device=l.device)
+        eye = torch.zeros(m, int(np.prod(node.op.out_shape)), dtype=dtype, device=device)
         eye[torch.arange(m), idx] = 1.0
-        top, A = k, torch.cat([eye, -eye]).reshape(1, 2 * m, *shape)
-        const = torch.zeros(1, 2 * m, dtype=l.dtype, device=l.device)
+        top, A = k, torch.cat([eye, -eye]).reshape(1, 2 * m, *node.op.out_shape)
+        const = torch.zeros(1, 2 * m, dtype=dtype, device=device)
     low = backward(network, top, A, const, relaxations, centre, radius)
-    new_l = torch.maximum(flat_l[:, idx], low[:, :m])
-    new_u = torch.minimum(flat_u[:, idx], -low[:, m:])
+    return low[:, :m], -low[:, m:]
+
+
+def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, relaxations: dict,
+             centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounds (B, *shape) of node k intersected with backward passes from it (MAX_ENTRIES entries per pass, to
+    bound the memory), for the entries unstable in some box (all entries when all_entries); each box keeps its
+    own stable entries as they were."""
+    flat_l, flat_u = l.reshape(l.shape[0], -1), u.reshape(u.shape[0], -1)
+    need = torch.ones_like(flat_l[0], dtype=torch.bool) if all_entries else ((flat_l < 0) & (flat_u > 0)).any(0)
+    idx = need.nonzero().flatten()
+    if idx.numel() == 0:
+        return l, u
+    parts = [_entry_bounds(network, k, chunk, relaxations, centre, radius) for chunk in idx.split(MAX_ENTRIES)]
+    new_l = torch.maximum(flat_l[:, idx], torch.cat([p[0] for p in parts], 1))
+    new_u = torch.minimum(flat_u[:, idx], torch.cat([p[1] for p in parts], 1))
     if not all_entries:  # the union over the batch was bounded: each box keeps its own stable entries
         keep = (flat_l[:, idx] >= 0) | (flat_u[:, idx] <= 0)
         new_l, new_u = torch.where(keep, flat_l[:, idx], new_l), torch.where(keep, flat_u[:, idx], new_u)
