@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 MODELS = ROOT / "models"
 SHARED_BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
+SHARED_CONV_BENCHMARKS = ROOT.parent / "shared" / "benchmarks-conv"
 
 
 @pytest.fixture
@@ -17,3 +18,11 @@ def shared_benchmarks() -> Path:
     if not SHARED_BENCHMARKS.is_dir():
         pytest.skip(f"{SHARED_BENCHMARKS} is absent (it exists for developers and CI, not for a fresh clone)")
     return SHARED_BENCHMARKS
+
+
+@pytest.fixture
+def shared_conv_benchmarks() -> Path:
+    """The convolutional VNN-COMP suites beside the checkout (marabou_cifar10, verivital); skipped when absent."""
+    if not SHARED_CONV_BENCHMARKS.is_dir():
+        pytest.skip(f"{SHARED_CONV_BENCHMARKS} is absent (it exists for developers and CI, not for a fresh clone)")
+    return SHARED_CONV_BENCHMARKS

@@ -53,23 +53,26 @@ def _relu(h: torch.Tensor, leak) -> torch.Tensor:
 
 
 class _Forward:
-    """The network in torch. Values are exact; gradients may leak through inactive ReLUs (`leak` for hidden
-    ones, OUTPUT_LEAK for an output ReLU), so PGD can switch on neurons that are off everywhere it has been: on
-    sparse nets (few active neurons per input) the true gradient only sees the active ones."""
+    """The network's own torch forward (any graph). Values are exact; gradients may leak through inactive ReLUs
+    (`leak` for hidden ones, OUTPUT_LEAK for an output ReLU), so PGD can switch on neurons that are off everywhere
+    it has been: on sparse nets (few active neurons per input) the true gradient only sees the active ones."""
 
     def __init__(self, network: Network, device, dtype) -> None:
-        self.layers = [(torch.tensor(a.weight, dtype=dtype, device=device),
-                        torch.tensor(a.bias, dtype=dtype, device=device), relu)
-                       for a, relu in zip(network.affines, network.relu_after)]
+        self.network = network.to(device, dtype)
 
     def __call__(self, x: torch.Tensor, leak=0.0) -> torch.Tensor:
         """x (..., n_in) -> outputs (..., n_out); leak: float or tensor broadcasting against (..., 1)."""
-        h = x
-        for i, (weight, bias, relu) in enumerate(self.layers):
-            h = h @ weight.T + bias
-            if relu:
-                h = _relu(h, leak if i + 1 < len(self.layers) else OUTPUT_LEAK)
-        return h
+        lead = x.shape[:-1]
+        if not isinstance(leak, float):  # one leak per sample: broadcast over every node's shape
+            leak = leak.expand(*lead, 1).reshape(-1)
+
+        def activation(h: torch.Tensor, is_output: bool) -> torch.Tensor:
+            rate = OUTPUT_LEAK if is_output else leak
+            if not isinstance(rate, float):
+                rate = rate.reshape(-1, *([1] * (h.dim() - 1)))
+            return _relu(h, rate)
+
+        return self.network.forward_torch(x.reshape(-1, x.shape[-1]), activation).reshape(*lead, -1)
 
 
 # --- objectives: (B, R, n_out) -> (B, R), to be minimised ----------------------------------------------------
@@ -440,7 +443,7 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
     centre = (lo + hi) / 2
     value_of = lambda y: float(prop.unsafe_value(y))
     if restarts is None:  # cheap nets get many restarts (narrow counterexamples), big ones more rounds instead
-        work = K * sum(a.weight.size for a in network.affines)
+        work = K * network.multiply_adds()
         restarts = int(np.clip(ROUND_WORK // work, 8, MAX_RESTARTS))
     if steps is None:  # sign steps need longer runs to cross (and explore) boxes of more dimensions
         steps = int(round(BASE_STEPS + STEPS_PER_DOUBLING * max(0.0, np.log2(network.n_inputs / 5))))

@@ -11,3 +11,8 @@ class ModelError(InputError):
 
 class VnnlibError(InputError):
     """A VNN-LIB file that cannot be parsed; the message names file, line and what was expected."""
+
+
+class UnsupportedNetwork(InputError):
+    """A method asked for on a network it cannot handle yet (e.g. a convolutional graph where a method needs a
+    dense chain); the message names the method and what it lacks."""

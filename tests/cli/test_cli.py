@@ -133,3 +133,23 @@ def test_smoothing_mode(model, capsys):
         assert 0 <= s["radius"] < 0.4 and (s["prediction"] is not None or s["radius"] == 0)
     code, _, err = run_cli([model, "--smoothing", "-1", "--data", model.parent / "data.npz"], capsys)
     assert code == 2 and "smoothing" in err
+
+
+def test_conv_network_runs_attack_ibp_dual_and_rejects_lp_in_one_line(tmp_path, capsys):
+    conv = ROOT / "tests" / "data" / "Convnet_maxpool.onnx"  # Conv + MaxPool: a graph, not a dense chain
+    from verifier.onnx import load_onnx
+
+    x = np.random.default_rng(0).uniform(0, 1, 784)
+    np.save(tmp_path / "x.npy", x)
+    label = int(np.argmax(load_onnx(conv).forward(x)))
+    code, out, err = run_cli([conv, "--eps", "0.001", "--input", tmp_path / "x.npy", "--label", label, "--method",
+                              "pgd,ibp,dual", "--json"], capsys)
+    assert code == 0
+    sample = json.loads(out)["samples"][0]
+    assert set(sample["methods"]) == {"pgd", "ibp", "dual"}
+    assert sample["methods"]["ibp"]["lower"] <= sample["methods"]["dual"]["lower"] + 1e-9
+    assert sample["methods"]["dual"]["lower"] <= sample["methods"]["pgd"]["upper"] + 1e-9
+    code, out, err = run_cli([conv, "--eps", "0.001", "--input", tmp_path / "x.npy", "--label", label, "--method",
+                              "lp"], capsys)
+    last = err.strip().splitlines()[-1]  # after the network's summary line: the error, in one line
+    assert code == 2 and last.startswith("verify: error:") and "lp does not support Conv2d" in last

@@ -42,6 +42,7 @@ import torch
 
 from ..network import Network
 from ..spec import InputBox
+from . import engine
 from .base import BoundResult, check_problem
 
 Tensor = torch.Tensor
@@ -359,6 +360,9 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     C, d = check_problem(network, box, C, d)
     if slopes not in ("wk", "adaptive", "opt"):
         raise ValueError(f"unknown slopes {slopes!r}; use 'wk', 'adaptive' or 'opt'")
+    if not network.is_chain:
+        return engine.graph_bound(network, box, C, d, layer_bounds=layer_bounds, slopes=slopes,
+                                  iterations=iterations, lr=lr, device=device, dtype=dtype)
     relu_after = network.relu_after
     weights, lo, hi, Ct, dt, given = _torch_problem(network, box, C, d, layer_bounds, device, dtype)
     if slopes == "opt":
@@ -380,6 +384,7 @@ def backward_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray
     and fixed lower slopes: alpha[j] (k, w_i) (or (w_i,)) for the j-th ReLU layer, clipped to [0, 1]; entries of
     stable neurons are ignored; a None entry takes the adaptive rule. (Like every bound here, each row is also
     intersected with its interval bound.) For an LP's dual: alpha = mu(h >= z) / (mu(h >= 0) + mu(h >= z))."""
+    network.require_chain("dual (backward_bound)")
     C, d = check_problem(network, box, C, d)
     relu_layers = [i for i, relu in enumerate(network.relu_after) if relu]
     if len(alpha) != len(relu_layers):

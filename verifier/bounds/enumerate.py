@@ -48,6 +48,7 @@ def _layer_intervals(network: Network, box: InputBox) -> list[tuple[np.ndarray, 
 
 def enumerate_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None) -> np.ndarray:
     """The exact ``min_{x in box} C f(x) + d`` per row (k,), for networks with at most 14 ReLUs."""
+    network.require_chain("enumerate")
     C, d = check_problem(network, box, C, d)
     if network.n_relus > MAX_RELUS:
         raise ValueError(f"enumerate_bound: {network.n_relus} ReLUs, at most {MAX_RELUS} are enumerated")

@@ -356,6 +356,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     ("variables", "rows", "nonzeros"), and "intermediate"/"slopes"/"lp_all".
     """
     start = time.perf_counter()
+    network.require_chain("lp")
     C, d = check_problem(network, box, C, d)
     deadline = None if time_limit is None else start + float(time_limit)
     bounds, dual_lower, info = initial_bounds(network, box, C, d, layer_bounds, intermediate, slopes, deadline,

@@ -142,6 +142,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     "seconds_bounds", "objective", "intermediate", "slopes".
     """
     start = time.perf_counter()
+    network.require_chain("milp")
     C, d = check_problem(network, box, C, d)
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
@@ -238,6 +239,7 @@ def min_max(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None
     status "optimal" | "time_limit" | "pruned" (shown > decide) | "error".
     """
     start = time.perf_counter()
+    network.require_chain("milp")
     C, d = check_problem(network, box, C, d)
     deadline = None if time_limit is None else start + float(time_limit)
     _, dual_lower, _, G, g0, problem, layout = _setup(network, box, C, d, layer_bounds, "dual", "opt", deadline)

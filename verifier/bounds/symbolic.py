@@ -254,6 +254,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     """Lower bounds of ``C @ f(x) + d`` over one box (the shared signature; given layer_bounds are ignored:
     this method computes its own). info["unstable"]: unstable neurons per ReLU layer."""
     start = time.perf_counter()
+    network.require_chain("symbolic")
     C, d = check_problem(network, box, C, d)
     net = TorchNet(network)
     lo, hi = (torch.tensor(v).unsqueeze(0) for v in (box.lo, box.hi))
