@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the results already in --out (same options) and run only the missing ones")
     many.add_argument("--workers", type=int, default=1,
                       help="run that many tasks in parallel processes on this machine, one torch thread each (a "
-                           "local Dask cluster when Dask is installed; default 1: this process)")
+                           "process pool; default 1: this process)")
     many.add_argument("--cluster", metavar="ADDRESS",
                       help="run the tasks on the Dask scheduler at ADDRESS (e.g. tcp://10.0.0.1:8786); needs "
                            "pip install 'verifier[cluster]'")

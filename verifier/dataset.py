@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .jobs import ResultFile, Task, run_tasks
+from .jobs import ResultFile, Task, run_in_order
 from .network import Network
 from .tasks import evaluate_sample_task, file_sha256, remember_network
 
@@ -76,13 +76,5 @@ def run_dataset(network: Network, xs: np.ndarray, labels: np.ndarray, eps: float
                     "verdict": "error", "error": error}
         return record
 
-    try:
-        done, interrupted = run_tasks(tasks, make_row, previous=previous, out=results_file, client=client,
-                                      workers=workers, backend=backend, progress=progress, console=console)
-    finally:
-        if results_file is not None:
-            results_file.close()
-    records = [done[task.key] for task in tasks if task.key in done]
-    if results_file is not None and not interrupted:
-        results_file.finish(records)
-    return records, interrupted
+    return run_in_order(tasks, make_row, results_file, previous=previous, client=client, workers=workers,
+                        backend=backend, progress=progress, console=console)

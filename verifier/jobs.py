@@ -168,6 +168,21 @@ def run_tasks(tasks: list[Task], make_row: Callable[[Task, dict | None, str | No
     return rows, interrupted
 
 
+def run_in_order(tasks: list[Task], make_row: Callable, results_file: ResultFile | None, **options
+                 ) -> tuple[list[dict], bool]:
+    """`run_tasks` with `out=results_file`, then (the rows in the tasks' order, interrupted); the file is closed,
+    and rewritten in that order when the run was not interrupted."""
+    try:
+        done, interrupted = run_tasks(tasks, make_row, out=results_file, **options)
+    finally:
+        if results_file is not None:
+            results_file.close()
+    rows = [done[task.key] for task in tasks if task.key in done]
+    if results_file is not None and not interrupted:
+        results_file.finish(rows)
+    return rows, interrupted
+
+
 def _execute(tasks: list[Task], client, workers: int, backend: str, console) -> Iterator[tuple]:
     """(position in tasks, result, None) or (position, None, reason), in the order tasks finish."""
     if not tasks:  # everything was resumed: no cluster to start

@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from .errors import InputError
-from .jobs import ResultFile, Task, run_tasks
+from .jobs import ResultFile, Task, run_in_order
 from .tasks import file_sha256, verify_instance_task
 
 EXPECTED_STATUS = {"sat": "violated", "unsat": "holds"}
@@ -92,7 +92,7 @@ def run_suite(instances_csv: str | Path, *, timeout_scale: float = 1.0, out: str
     instance whose task failed has verdict "error" and the reason in "error". summary: see `summarize` (plus
     "interrupted": Ctrl-C stopped the run, rows hold what was done). Who runs the instances: `client` (a
     distributed.Client), else this process (workers 1), else `workers` local processes with one torch thread
-    each (jobs.run_tasks; backend "pool" forces today's process pool over a local Dask cluster). out: rows
+    each (jobs.run_tasks: a process pool; backend "dask" a local Dask cluster instead). out: rows
     appended as they finish, rewritten in order at the end; resume: keep the rows already in `out` (same
     instance and timeout) and verify only the others. progress: a progress bar and the summary on stderr.
     """
@@ -128,15 +128,8 @@ def run_suite(instances_csv: str | Path, *, timeout_scale: float = 1.0, out: str
     from rich.console import Console
 
     console = Console(stderr=True)
-    try:
-        done, interrupted = run_tasks(tasks, make_row, previous=previous, out=results_file, client=client,
-                                      workers=workers, backend=backend, progress=progress, console=console)
-    finally:
-        if results_file is not None:
-            results_file.close()
-    rows = [done[task.key] for task in tasks if task.key in done]
-    if results_file is not None and not interrupted:
-        results_file.finish(rows)
+    rows, interrupted = run_in_order(tasks, make_row, results_file, previous=previous, client=client,
+                                     workers=workers, backend=backend, progress=progress, console=console)
     summary = {**summarize(rows), "interrupted": interrupted}
     if progress:
         print_summary(rows, summary, console)

@@ -35,7 +35,6 @@ stable neurons are ignored).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,43 +47,6 @@ from .base import BoundResult, check_problem
 Tensor = torch.Tensor
 Weights = list  # [(W (out, in), b (out,))] torch tensors per affine layer
 Alpha = list  # see the module docstring
-
-
-@dataclass(frozen=True)
-class _Relaxation:
-    """Linear bounds of one ReLU layer given its pre-activation bounds; tensors (B, 1, w)."""
-
-    unstable: Tensor  # bool: l < 0 < u strictly
-    stable_slope: Tensor  # 1 on active, 0 on inactive neurons (the exact slope of a stable ReLU), 0 on unstable
-    rule_slope: Tensor  # lower slope of the `slopes` rule (equals stable_slope on stable neurons)
-    upper_slope: Tensor  # u / (u - l) on unstable, stable_slope elsewhere
-    upper_offset: Tensor  # -u l / (u - l) on unstable, 0 elsewhere
-
-    def lower_slope(self, alpha: Tensor | None) -> Tensor:
-        """The lower slopes to use: the rule's, or alpha (clipped to [0, 1]) on the unstable neurons."""
-        if alpha is None:
-            return self.rule_slope
-        return torch.where(self.unstable, alpha.clamp(0.0, 1.0), self.stable_slope)
-
-
-def _relax(l: Tensor, u: Tensor, rule: str) -> _Relaxation:
-    """Relaxation of ReLU(z) for l <= z <= u, l and u (B, w)."""
-    l, u = l.unsqueeze(1), u.unsqueeze(1)
-    inactive = u <= 0  # checked first: an empty interval (l > u, from an infeasible split) then counts as h = 0
-    unstable = (l < 0) & (u > 0)
-    stable_slope = (~inactive & ~unstable).to(l.dtype)
-    # u - l >= max(u, -l) > 0 on unstable neurons, so the division is safe there; elsewhere divide by 1 so that
-    # neither the value nor its gradient can become NaN.
-    width = torch.where(unstable, u - l, torch.ones_like(u))
-    upper_slope = torch.where(unstable, u / width, stable_slope)
-    upper_offset = torch.where(unstable, -u * l / width, torch.zeros_like(u))
-    if rule == "wk":
-        rule_slope = upper_slope
-    elif rule == "adaptive":
-        rule_slope = torch.where(unstable, (u >= -l).to(l.dtype), stable_slope)
-    else:
-        raise ValueError(f"unknown slopes {rule!r}; batched_bounds takes 'wk' or 'adaptive' (or alpha tensors)")
-    return _Relaxation(unstable, stable_slope, rule_slope, upper_slope, upper_offset)
 
 
 def _interval(W: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -209,7 +171,7 @@ def _pass(weights: Weights, relu_after: list[bool], lo: Tensor, hi: Tensor, C: T
                     used[t] = [relax[i].lower_slope(_entry(alpha, t, i)).expand(batch, 2 * W.shape[0], -1).clone()
                                if relu_after[i] else None for i in range(t)] + [None] * (L - t)
         bounds.append((l, u))
-        relax.append(_relax(l, u, rule) if relu_after[t] else None)
+        relax.append(engine.relax(l, u, rule) if relu_after[t] else None)
         h_lo, h_hi = (l.clamp(min=0), u.clamp(min=0)) if relu_after[t] else (l, u)
     rows_alpha = None if alpha is None else alpha[L]
     lower = _backward(C, d, L - 1, weights, relu_after, relax, rows_alpha, None, centre, radius)

@@ -59,7 +59,7 @@ class Relaxation:
 def relax(l: Tensor, u: Tensor, rule: str) -> Relaxation:
     """Relaxation of ReLU(z), l <= z <= u (B, *shape); rule "wk" or "adaptive" (module docstring)."""
     l, u = l.unsqueeze(1), u.unsqueeze(1)
-    inactive = u <= 0
+    inactive = u <= 0  # checked first: an empty interval (l > u, from an infeasible split) counts as h = 0
     unstable = (l < 0) & (u > 0)
     stable_slope = (~inactive & ~unstable).to(l.dtype)
     width = torch.where(unstable, u - l, torch.ones_like(u))  # > 0 where used; 1 elsewhere keeps gradients finite
