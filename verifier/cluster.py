@@ -19,13 +19,6 @@ CONNECT_TIMEOUT = "3s"  # a wrong address fails in seconds, not after Dask's def
 INSTALL_HINT = "pip install 'verifier[cluster]'"
 
 
-def dask_available() -> bool:
-    """Whether dask.distributed can be imported (without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("distributed") is not None
-
-
 def _distributed():
     try:
         import distributed

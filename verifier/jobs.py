@@ -196,11 +196,11 @@ def _execute(tasks: list[Task], client, workers: int, backend: str, console) -> 
             else:
                 yield position, result, None
         return
-    from . import cluster
-
     if client is None and backend in ("pool", "auto"):
         yield from _run_pool(tasks, workers)
         return
+    from . import cluster
+
     if client is not None:
         if console is not None:
             console.print(cluster.describe_client(client))
