@@ -323,6 +323,20 @@ def from_torch(module, input_shape: tuple = ()) -> Network:
     return Network(tuple(layers), input_shape)
 
 
+def dense_graph(weights: list, relu_after: list[bool]) -> Network:
+    """A dense chain as a graph over the given torch tensors, not copied (bounds through it stay differentiable
+    w.r.t. them): weights [(W (out, in), b (out,))], relu_after[i] whether a ReLU follows affine i."""
+    n_inputs = int(weights[0][0].shape[1])
+    shape = (n_inputs,)
+    nodes = [Node(ops.Input(shape), ())]
+    for (W, b), relu in zip(weights, relu_after):
+        nodes.append(Node(ops.Dense(W, b, (shape,), (int(W.shape[0]),)), (len(nodes) - 1,)))
+        shape = (int(W.shape[0]),)
+        if relu:
+            nodes.append(Node(ops.ReLU(shape), (len(nodes) - 1,)))
+    return Network(tuple(nodes), (n_inputs,))
+
+
 def random_network(sizes: list[int], rng: np.random.Generator, relu_on_output: bool = False,
                    scale: float = 1.0) -> Network:
     """A random fully connected ReLU net with the given layer sizes [n_in, h1, ..., n_out] (for tests)."""

@@ -6,7 +6,7 @@ a ReLU by a linear bound chosen by the sign of each coefficient (the lower line 
 the upper line ``s z + t`` under a negative one); where a node feeds several others (fan-out) the rows arriving
 from each are summed. At the input it is minimised over the box in closed form: ``A @ centre - |A| @ radius + c``.
 
-ReLU relaxation for pre-activation bounds l <= z <= u (as bounds/dual.py): ``u <= 0`` is inactive (h = 0; an
+ReLU relaxation (`relax`, the only one in the project) for pre-activation bounds l <= z <= u: ``u <= 0`` is inactive (h = 0; an
 empty interval l > u from an infeasible split counts here too), ``l < 0 < u`` strictly is unstable, anything else
 active (h = z). On unstable neurons the upper line has slope ``s = u / (u - l)`` and offset ``-s l``; the lower
 slope is "wk" (alpha = s), "adaptive" (alpha = 1 if u >= -l else 0) or given (clipped to [0, 1]).
@@ -19,11 +19,12 @@ the pass on all its entries. The objective rows take a backward pass from the ou
 interval bounds (C over the output's interval, and through a final Dense over its input's interval).
 
 Tensors: boxes lo, hi (B, n_inputs); node values (B, *shape); rows A (B or 1, K, *shape); results (B, K).
-Soundness: float64, no directed rounding (like every bound here); certification needs ``lower > 0``.
+Soundness: float64, no directed rounding (like every bound here); certification needs ``lower > PROOF_MARGIN``.
+Every method bounds through this module: dual (wk / adaptive; opt through bounds/alpha.py), the LP's sound
+re-derivation (dual.backward_bound), certified training (dual.batched_bounds) and branch and bound.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +32,7 @@ import torch
 
 from .. import ops
 from ..network import Network
-from ..spec import InputBox
-from .base import BoundResult
-from .interval import interval_step, relu_inputs
+from .interval import interval_step
 
 Tensor = torch.Tensor
 MAX_ENTRIES = 256  # entries of one node bounded per backward pass (2 rows each): caps the passes' memory
@@ -111,10 +110,10 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     return const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
 
 
-def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, centre: Tensor, radius: Tensor
-                  ) -> tuple[Tensor, Tensor]:
+def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, centre: Tensor, radius: Tensor,
+                  alphas: dict | None = None) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds (B, m) of the entries idx (m,) of node k's flat values: one backward pass with the
-    rows +e_i then -e_i."""
+    rows +e_i then -e_i (alphas: lower slopes for those 2m rows, as `backward` takes them)."""
     node, m = network.nodes[k], idx.numel()
     dtype, device = centre.dtype, centre.device
     if isinstance(node.op, ops.Dense):  # the rows +-e_i through the dense map: its rows +-W_i (cheaper)
@@ -127,37 +126,63 @@ def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, cent
         eye[torch.arange(m), idx] = 1.0
         top, A = k, torch.cat([eye, -eye]).reshape(1, 2 * m, *node.op.out_shape)
         const = torch.zeros(1, 2 * m, dtype=dtype, device=device)
-    low = backward(network, top, A, const, relaxations, centre, radius)
+    low = backward(network, top, A, const, relaxations, centre, radius, alphas)
     return low[:, :m], -low[:, m:]
 
 
 def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, relaxations: dict,
-             centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+             centre: Tensor, radius: Tensor, fixed: tuple | None = None, straight_through: bool = False
+             ) -> tuple[Tensor, Tensor]:
     """Bounds (B, *shape) of node k intersected with backward passes from it (MAX_ENTRIES entries per pass, to
     bound the memory), for the entries unstable in some box (all entries when all_entries); each box keeps its
-    own stable entries as they were."""
+    own stable entries as they were. fixed: (entries idx (m,), alphas for their 2m rows) instead, in one pass.
+    straight_through: the value of the intersection with the gradient of the pass (see bounds/alpha.py)."""
     flat_l, flat_u = l.reshape(l.shape[0], -1), u.reshape(u.shape[0], -1)
-    need = torch.ones_like(flat_l[0], dtype=torch.bool) if all_entries else ((flat_l < 0) & (flat_u > 0)).any(0)
-    idx = need.nonzero().flatten()
+    if fixed is None:
+        need = torch.ones_like(flat_l[0], dtype=torch.bool) if all_entries else ((flat_l < 0) & (flat_u > 0)).any(0)
+        idx, alphas = need.nonzero().flatten(), None
+    else:
+        idx, alphas = fixed
     if idx.numel() == 0:
         return l, u
-    parts = [_entry_bounds(network, k, chunk, relaxations, centre, radius) for chunk in idx.split(MAX_ENTRIES)]
-    new_l = torch.maximum(flat_l[:, idx], torch.cat([p[0] for p in parts], 1))
-    new_u = torch.minimum(flat_u[:, idx], torch.cat([p[1] for p in parts], 1))
+    chunks = idx.split(MAX_ENTRIES) if alphas is None else (idx,)
+    parts = [_entry_bounds(network, k, chunk, relaxations, centre, radius, alphas) for chunk in chunks]
+    low, up = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+    new_l, new_u = torch.maximum(flat_l[:, idx], low), torch.minimum(flat_u[:, idx], up)
     if not all_entries:  # the union over the batch was bounded: each box keeps its own stable entries
         keep = (flat_l[:, idx] >= 0) | (flat_u[:, idx] <= 0)
         new_l, new_u = torch.where(keep, flat_l[:, idx], new_l), torch.where(keep, flat_u[:, idx], new_u)
+    if straight_through:  # value of the intersection (x - x is exactly 0), gradient of the pass
+        new_l, new_u = new_l.detach() + (low - low.detach()), new_u.detach() + (up - up.detach())
     return (flat_l.index_copy(1, idx, new_l).reshape(l.shape), flat_u.index_copy(1, idx, new_u).reshape(u.shape))
 
 
-def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive", given: dict | None = None
-                ) -> tuple[dict, dict]:
+def pre_activations(network: Network) -> set:
+    """Ids of the nodes feeding a ReLU node."""
+    return {network.nodes[k].inputs[0] for k in network.relu_nodes}
+
+
+def bounded_by_pass(network: Network, k: int) -> bool:
+    """Whether node_bounds tightens node k by backward passes: a ReLU input or the (non-ReLU) output node that is
+    more than one linear operator away from the input (intervals are exact there)."""
+    node = network.nodes[k]
+    if len(node.inputs) == 1 and node.inputs[0] == 0 or isinstance(node.op, ops.ReLU):
+        return False
+    return k == network.output or k in pre_activations(network)
+
+
+def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive", given: dict | None = None, *,
+                reference: dict | None = None, alphas: dict | None = None, straight_through: bool = False,
+                output_pass: bool = True) -> tuple[dict, dict]:
     """Bounds {node id: (l, u) (B, *shape)} of every node (module docstring), and the ReLU relaxations {ReLU
-    node id: Relaxation} (slopes `rule`). given: {ReLU-input node id: (l, u)} used exactly (not recomputed) for
-    those ReLU inputs, intersected with the computed ones for the output node."""
-    given = given or {}
+    node id: Relaxation} (slopes `rule`). given: {node id: (l, u)} used exactly (not recomputed) for ReLU inputs,
+    intersected with the computed ones elsewhere. For alpha-CROWN (bounds/alpha.py): reference {node id: (l, u)}
+    intersected with every node not given; alphas {node id: (entries (m,), {ReLU id: slopes (B, 2m, *shape)})}
+    bounds exactly those entries with those slopes; straight_through see `_tighten`; output_pass False leaves the
+    output node at its interval bounds."""
+    given, reference, alphas = given or {}, reference or {}, alphas or {}
     centre, radius = (lo + hi) / 2, (hi - lo) / 2
-    pre_activation = {network.nodes[k].inputs[0] for k in network.relu_nodes}
+    pre_activation = pre_activations(network)
     bounds = {0: (lo.reshape(lo.shape[0], *network.input_shape), hi.reshape(hi.shape[0], *network.input_shape))}
     relaxations: dict = {}
     batch = lo.shape[0]
@@ -167,12 +192,12 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
             l, u = (x.expand(batch, *node.op.out_shape) for x in given[k])
         else:
             l, u = interval_step(network, k, bounds)
-            if k in given:
-                l, u = torch.maximum(l, given[k][0]), torch.minimum(u, given[k][1])
-            exact = len(node.inputs) == 1 and node.inputs[0] == 0  # one linear operator on the input
-            output = k == network.output and not isinstance(node.op, ops.ReLU)
-            if not exact and (k in pre_activation or output):
-                l, u = _tighten(network, k, l, u, k not in pre_activation, relaxations, centre, radius)
+            for extra in (given.get(k), reference.get(k)):
+                if extra is not None:
+                    l, u = torch.maximum(l, extra[0]), torch.minimum(u, extra[1])
+            if bounded_by_pass(network, k) and (output_pass or k in pre_activation):
+                l, u = _tighten(network, k, l, u, k not in pre_activation, relaxations, centre, radius,
+                                alphas.get(k), straight_through)
         bounds[k] = (l, u)
         if isinstance(node.op, ops.ReLU):
             relaxations[k] = relax(*bounds[node.inputs[0]], rule)
@@ -209,72 +234,11 @@ def crown(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor | None 
 
 
 def rows_lower(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, bounds: dict, relaxations: dict,
-               alphas: dict | None = None) -> Tensor:
+               alphas: dict | None = None, straight_through: bool = False) -> Tensor:
     """Lower bounds (B, K) of the rows C (B or 1, K, n_outputs), d (B or 1, K) for given layer bounds and
-    relaxations: the backward pass from the output, intersected with the rows' interval bounds."""
+    relaxations: the backward pass from the output, intersected with the rows' interval bounds (straight_through:
+    the value of that intersection with the gradient of the pass)."""
     A = C.reshape(*C.shape[:2], *network.output_shape)
     lower = backward(network, network.output, A, d, relaxations, (lo + hi) / 2, (hi - lo) / 2, alphas)
-    return torch.maximum(lower, _interval_rows(network, bounds, C, d))
-
-
-def optimized_rows(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, bounds: dict,
-                   relaxations: dict, iterations: int, lr: float, decay: float = 0.98) -> tuple[Tensor, dict]:
-    """alpha-CROWN on the objective rows' lower slopes (the layer bounds stay as given): projected Adam ascent on
-    the sum of the rows' bounds from the adaptive slopes, the step decaying geometrically; every iterate is sound
-    (any slope in [0, 1] is), so the best value per row is kept. C (B or 1, K, n_outputs), d (B or 1, K).
-    Returns (lower (B, K), the slopes of the best iterate per ReLU node (B, K, *shape))."""
-    centre, radius = (lo + hi) / 2, (hi - lo) / 2
-    A = C.reshape(*C.shape[:2], *network.output_shape)
-    k = C.shape[1]
-    alphas = {r: rel.rule_slope.expand(lo.shape[0], k, *rel.rule_slope.shape[2:]).clone()
-              for r, rel in relaxations.items()}
-    with torch.no_grad():
-        best = backward(network, network.output, A, d, relaxations, centre, radius, alphas)
-    best_alphas = {r: a.clone() for r, a in alphas.items()}
-    leaves = [a.requires_grad_() for r, a in alphas.items() if bool(relaxations[r].unstable.any())]
-    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
-    for step in range(1, iterations + 1 if leaves else 1):
-        lower = backward(network, network.output, A, d, relaxations, centre, radius, alphas)
-        with torch.no_grad():
-            better = lower > best
-            best = torch.where(better, lower, best)
-            for r, a in alphas.items():
-                row_mask = better.reshape(*better.shape, *([1] * (a.dim() - 2)))
-                best_alphas[r] = torch.where(row_mask, a.detach().clamp(0, 1), best_alphas[r])
-        grads = torch.autograd.grad(lower.sum(), leaves)
-        with torch.no_grad():  # Adam ascent (written out, as in dual.py), then the projection on [0, 1]
-            rate = lr * decay ** (step - 1)
-            for p, g, (m, v) in zip(leaves, grads, moments):
-                m.mul_(0.9).add_(g, alpha=0.1)
-                v.mul_(0.999).addcmul_(g, g, value=0.001)
-                p.add_(rate * (m / (1 - 0.9 ** step)) / ((v / (1 - 0.999 ** step)).sqrt() + 1e-8))
-                p.clamp_(0.0, 1.0)
-    return torch.maximum(best, _interval_rows(network, bounds, C, d)), best_alphas
-
-
-def graph_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, *, layer_bounds: list | None = None,
-                slopes: str = "adaptive", iterations: int = 50, lr: float = 0.5, device: str = "cpu",
-                dtype: torch.dtype = torch.float64) -> BoundResult:
-    """`dual.bound` on a graph (C (k, n_outputs), d (k,) checked): the engine's CROWN pass with slopes "wk",
-    "adaptive" or "opt" (`optimized_rows`: the objective rows' slopes only; the intermediate bounds are the
-    adaptive ones). layer_bounds / the result's layer_bounds: [(l, u)] flat numpy per node of
-    `interval.relu_inputs` (given ones are used exactly for the ReLU inputs)."""
-    start = time.perf_counter()
-    net = network.to(device, dtype)
-    described = relu_inputs(network)
-    given = None
-    if layer_bounds is not None:
-        given = {k: tuple(torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype, device=device)
-                          .reshape(1, *network.nodes[k].op.out_shape) for x in lu)
-                 for k, lu in zip(described, layer_bounds) if lu is not None}
-    lo, hi = (torch.tensor(x, dtype=dtype, device=device)[None] for x in (box.lo, box.hi))
-    Ct, dt = (torch.as_tensor(x, dtype=dtype, device=device)[None] for x in (C, d))
-    with torch.no_grad():
-        bounds, relaxations = node_bounds(net, lo, hi, "adaptive" if slopes == "opt" else slopes, given)
-        if slopes != "opt":
-            lower = rows_lower(net, lo, hi, Ct, dt, bounds, relaxations)
-    if slopes == "opt":
-        lower, _ = optimized_rows(net, lo, hi, Ct, dt, bounds, relaxations, iterations, lr)
-    flat = [tuple(x[0].reshape(-1).to("cpu", torch.float64).numpy() for x in bounds[k]) for k in described]
-    info = {"slopes": slopes, "iterations": iterations if slopes == "opt" else 0}
-    return BoundResult(lower[0].to("cpu", torch.float64).numpy(), flat, "dual", time.perf_counter() - start, info)
+    tight = torch.maximum(lower, _interval_rows(network, bounds, C, d))
+    return tight.detach() + (lower - lower.detach()) if straight_through else tight

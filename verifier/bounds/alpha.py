@@ -1,0 +1,102 @@
+"""alpha-CROWN: the bound engine's lower ReLU slopes optimized by projected gradient ascent, on any network graph.
+
+Any lower slope in [0, 1] gives a sound relaxation, so every iterate's bounds are sound and the best one seen is
+kept (per objective row, and per entry of every layer bound). The slopes are free per objective row and unstable
+neuron (the rows' pass) and per bounded entry and unstable neuron (the intermediate passes of `engine.node_bounds`):
+with them free, the rows' bound with fixed layer bounds reaches the triangle LP (the LP's dual is this pass).
+
+Only neurons unstable at the start are optimized (bounds only tighten during the run, so the others stay stable),
+stored compactly as (B, rows, c) tensors and scattered into full slopes each iteration; the entries bounded by
+each intermediate pass are likewise those unstable at the start. Each iteration's layer bounds are intersected
+with the starting (adaptive) ones and the rows with their interval bounds, with the gradient passed straight
+through these intersections: a plain max would give no gradient to slopes whose bound starts tied with (or a
+rounding error below) the other one, and freeze them for good. Adam with a geometrically decaying step (the bound
+is piecewise linear in the slopes, and a constant step keeps jumping across its kinks).
+Memory: the intermediate passes hold (B, 2 m_k, *shape_r) slopes per bounded node k and earlier ReLU node r.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..network import Network
+from . import engine
+
+Tensor = torch.Tensor
+
+
+def _full(shape: tuple, cols: Tensor, values: Tensor) -> Tensor:
+    """Slopes (B, R, *shape) that are `values` (B, R, c) at the flat entries cols (c,) and 0 elsewhere (entries
+    that stay stable, whose slope is never read)."""
+    B, R, _ = values.shape
+    flat = torch.zeros(B, R, int(torch.tensor(shape).prod()), dtype=values.dtype, device=values.device)
+    return flat.index_copy(2, cols, values).reshape(B, R, *shape)
+
+
+def _adam(leaves: list, grads: tuple, moments: list, step: int, rate: float) -> None:
+    """One projected Adam ascent step in place (written out: torch.optim costs seconds to import)."""
+    for p, g, (m, v) in zip(leaves, grads, moments):
+        if g is not None:
+            m.mul_(0.9).add_(g, alpha=0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            p.add_(rate * (m / (1 - 0.9 ** step)) / ((v / (1 - 0.999 ** step)).sqrt() + 1e-8))
+            p.clamp_(0.0, 1.0)
+
+
+def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, given: dict | None = None, *,
+             iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool = True):
+    """alpha-CROWN lower bounds (B, K) of ``C f(x) + d`` over boxes lo, hi (B, n_inputs); C (B or 1, K, n_outputs),
+    d (B or 1, K); given: as `engine.node_bounds`. intermediate: optimize the intermediate passes' slopes too
+    (else only the rows', with the adaptive layer bounds).
+
+    Returns (lower (B, K): per row the best of all iterates and of a final pass with the best layer bounds and the
+    best slopes; those layer bounds {node id: (l, u)} and relaxations; the slopes {ReLU id: (B, K, *shape)}, None
+    when no neuron is unstable)."""
+    given = given or {}
+    B, K = lo.shape[0], C.shape[1]
+    shapes = {r: network.nodes[r].op.out_shape for r in network.relu_nodes}
+    with torch.no_grad():
+        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", given)
+        best = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations)
+    cols = {r: rel.unstable.reshape(B, -1).any(0).nonzero().flatten() for r, rel in relaxations.items()}
+    cols = {r: c for r, c in cols.items() if c.numel()}
+    if not cols or iterations <= 0:
+        return best, bounds, relaxations, None
+
+    def start(r: int, rows: int) -> Tensor:  # the adaptive slopes of node r's free neurons, for `rows` rows
+        return relaxations[r].rule_slope.reshape(B, -1)[:, cols[r]].unsqueeze(1).expand(B, rows, -1).clone()
+
+    rows = {r: start(r, K).requires_grad_() for r in cols}
+    entries = {}  # node id: (entries (m,), {ReLU id: slopes (B, 2m, c_r)})
+    pre = engine.pre_activations(network)
+    for k in sorted(pre - set(given)) if intermediate else ():
+        l, u = (x.reshape(B, -1) for x in bounds[k])
+        idx = ((l < 0) & (u > 0)).any(0).nonzero().flatten()
+        earlier = {r: start(r, 2 * idx.numel()).requires_grad_() for r in cols if r < k}
+        if engine.bounded_by_pass(network, k) and idx.numel() and earlier:
+            entries[k] = (idx, earlier)
+    leaves = list(rows.values()) + [p for _, params in entries.values() for p in params.values()]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
+    best_rows = {r: p.detach().clone() for r, p in rows.items()}
+    best_bounds = dict(bounds)
+    for step in range(1, iterations + 1):
+        alphas = {k: (idx, {r: _full(shapes[r], cols[r], p) for r, p in params.items()})
+                  for k, (idx, params) in entries.items()}
+        now, relax_now = engine.node_bounds(network, lo, hi, "adaptive", given, reference=bounds, alphas=alphas,
+                                            straight_through=True, output_pass=False)
+        lower = engine.rows_lower(network, lo, hi, C, d, now, relax_now,
+                                  {r: _full(shapes[r], cols[r], p) for r, p in rows.items()}, straight_through=True)
+        with torch.no_grad():
+            better = lower > best
+            best = torch.where(better, lower, best)
+            best_rows = {r: torch.where(better.unsqueeze(-1), p.clamp(0, 1), best_rows[r]) for r, p in rows.items()}
+            best_bounds = {k: (torch.maximum(bl, now[k][0]), torch.minimum(bu, now[k][1]))
+                           for k, (bl, bu) in best_bounds.items()}
+        grads = torch.autograd.grad(lower.sum(), leaves, allow_unused=True)
+        with torch.no_grad():
+            _adam(leaves, grads, moments, step, lr * decay ** (step - 1))
+    with torch.no_grad():  # the best rows' slopes with the best layer bounds: sound, and possibly better still
+        fixed = {k: best_bounds[k] for k in pre | {network.output}}
+        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", fixed)
+        slopes = {r: _full(shapes[r], cols[r], p) for r, p in best_rows.items()}
+        final = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations, slopes)
+    return torch.maximum(best, final), bounds, relaxations, slopes
