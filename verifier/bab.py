@@ -25,13 +25,15 @@ import torch
 
 from .bounds import symbolic
 from .bounds.base import PROOF_MARGIN, proves
+from .bounds.interval import relu_inputs
 from .network import Network
 from .spec import InputBox, Property
 
 HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
 STEP_SECONDS = 0.2  # target duration of one branch-and-bound step (see input_split's max_batch)
 MIN_RELATIVE_WIDTH = 1e-10  # a box this thin (relative to the root) and still open is left unresolved
-RELU_BAB_SECONDS = 1.0  # relu_split's cheap phase; the MILP takes over from there
+MILP_MAX_SPLITTABLE = 1000  # relu_split hands over to the MILP only with at most this many root-unstable ReLUs
+MILP_AFTER = 0.1  # ... after this fraction of its time in the optimized ReLU-split search
 
 
 @dataclass(frozen=True)
@@ -254,24 +256,20 @@ def _pop(pool: tuple, batch: int) -> tuple[tuple, tuple]:
 def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int] | None = None, *,
                deadline: float, confirm: Callable[[np.ndarray], bool], layer_bounds: list | None = None,
                side_attack: Callable[[float], np.ndarray | None] | None = None,
-               bab_seconds: float = RELU_BAB_SECONDS, max_batch: int = 256, max_pool: int = 200_000) -> BabResult:
+               milp_after: float = MILP_AFTER) -> BabResult:
     """Exact search over the ReLUs' phases for the disjuncts `open_` (default all) until deadline.
 
-    1. For at most bab_seconds: branch and bound on ReLU phases with the root's layer bounds held fixed
-       (layer_bounds [(l, u)] per affine layer, default alpha-CROWN's). A split fixes an unstable neuron active
-       (l := 0) or inactive (u := 0), which makes it exact in the backward pass; sound because each child covers
-       the inputs where the neuron has that phase, and the whole box's layer bounds stay valid on it. Branching:
-       the free unstable neuron of largest |backward coefficient| x triangle height in the worst disjunct's best
-       row (BaBSR-like). One backward pass of the rows per domain: cheap, and enough for properties close to
-       provable; without re-tightened intermediate bounds it stalls on the hard ones.
-    2. The disjuncts some open domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds;
-       HiGHS branches on the unstable ReLUs): single-row disjuncts in one MILP that only decides ``min > 0`` (it
-       stops at the first point below 0), a multi-row disjunct (a conjunction) by one MILP deciding whether
-       ``min_x max_rows > 0`` (`milp.min_max`).
-    Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's point, called once
-    between the phases, and the MILP's best points) go to `confirm`. Measured on MNIST 256x2 (mnist_fc): phase 1
-    settles prop_8_0.03 and prop_14_0.05 in ~0.01 s (the MILP alone: ~4 s), the MILP the rest (<= 9 s).
+    1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
+       bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's).
+    2. When the network is small enough for the MILP to pay (at most MILP_MAX_SPLITTABLE root-unstable ReLUs) and
+       phase 1 has run for `milp_after` of the time (or is stuck: every neuron split and a domain still open),
+       the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):
+       single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP deciding
+       whether ``min_x max_rows > 0`` (`milp.min_max`).
+    Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's points, the MILP's
+    best points) go to `confirm`.
     """
+    from . import relu_bab
     from .bounds import dual
 
     start = time.perf_counter()
@@ -281,86 +279,30 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         d = np.concatenate([prop.objective_rows(k)[1] for k in open_])
         layer_bounds = dual.bound(network, box, C, d, slopes="opt").layer_bounds
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
-    status, x, still, stats = _relu_bab(network, box, sub, layer_bounds, min(deadline, start + bab_seconds),
-                                        confirm, max_batch, max_pool)
-    if status in (VIOLATED, HOLDS):
-        return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
-    if side_attack is not None:
-        x = side_attack(time.perf_counter() - start)
-        if x is not None and confirm(x):
-            return BabResult(VIOLATED, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
-    status, x, milp_stats = _milp_phase(network, box, prop, [open_[k] for k in still], layer_bounds, deadline,
-                                        confirm)
+    rows = _Rows.of(sub, network.n_outputs)
+    root = {k: tuple(torch.tensor(np.asarray(x, np.float64)).reshape(1, *network.nodes[k].op.out_shape)
+                     for x in lu) for k, lu in zip(relu_inputs(network), layer_bounds)}
+    splittable = sum(int(((l < 0) & (u > 0)).sum()) for (l, u) in (root[network.nodes[r].inputs[0]]
+                                                                      for r in network.relu_nodes))
+    use_milp = network.is_chain and splittable <= MILP_MAX_SPLITTABLE
+    phase1_end = start + milp_after * (deadline - start) if use_milp else deadline
+    net = symbolic.TorchNet(network)
+    lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
+    result = relu_bab.search(network, lo, hi, rows, root, deadline=phase1_end, side_attack=side_attack,
+                             check=lambda points: _check_candidates(net, rows, points, confirm)[0])
+    stats = dict(result.stats)
+    if result.status == "violated":
+        return BabResult(VIOLATED, result.x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
+    if result.status == "holds":
+        return BabResult(HOLDS, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
+    if not use_milp:
+        status = TIMEOUT if time.perf_counter() > deadline else UNKNOWN
+        return BabResult(status, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
+    still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
+    status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds, deadline, confirm)
     stats.update(milp_stats, domains=stats["domains"] + milp_stats["domains"],
                  bound_calls=stats["bound_calls"] + milp_stats["bound_calls"])
     return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
-
-
-def _relu_bab(network: Network, box: InputBox, prop: Property, layer_bounds: list, deadline: float,
-              confirm: Callable, max_batch: int, max_pool: int):
-    """Phase 1 of relu_split. Returns (status, x, indices of the disjuncts still open somewhere, stats)."""
-    net = symbolic.TorchNet(network)
-    rows = _Rows.of(prop, network.n_outputs)
-    root = [(torch.tensor(np.asarray(l, np.float64)), torch.tensor(np.asarray(u, np.float64)))
-            for l, u in layer_bounds]
-    relu = [i for i in range(net.depth) if net.relu_after[i] and i < net.depth - 1]  # splittable layers
-    widths = [root[i][0].numel() for i in relu]
-    lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
-    stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "relu_bab_domains": 0}
-    states = torch.zeros(1, sum(widths), dtype=torch.int8)  # per domain and hidden neuron: +1 active, -1 inactive
-    pool, still = None, torch.zeros(rows.K, dtype=torch.bool)
-    with torch.no_grad():
-        while True:
-            B = states.shape[0]
-            stats["domains"] += B
-            stats["relu_bab_domains"] += B
-            stats["bound_calls"] += 1
-            lb = _fixed_layer_bounds(net, root, relu, widths, states)
-            lows, highs = lo.expand(B, -1), hi.expand(B, -1)
-            lower, A, _, lams = symbolic.objective_bounds(net, lows, highs, lb, rows.C, rows.d)
-            per_disjunct = rows.disjunct_bounds(lower)
-            open_ = (per_disjunct <= 0).any(1)
-            row = rows.split_row(lower, per_disjunct)
-            corners = torch.where(A[torch.arange(B), row] > 0, lows, highs)[open_]
-            x, _ = _check_candidates(net, rows, corners, confirm)
-            if x is not None:
-                return VIOLATED, x, [], stats
-            score = torch.cat([lams[i][torch.arange(B), row].abs() * symbolic.triangle_height(*lb.bounds[i]) for i in relu], 1)
-            score = torch.where(states == 0, score, torch.zeros_like(score))
-            stuck = open_ & (score.amax(1) <= 0)  # nothing left to split: only the MILP can settle it
-            still |= (per_disjunct[stuck] <= 0).any(0)
-            open_ &= ~stuck
-            pool = _merge(pool, per_disjunct.amin(1)[open_], states[open_], score[open_], per_disjunct[open_])
-            stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
-            if len(pool[0]) == 0:
-                status = UNKNOWN if still.any() else HOLDS
-                return status, None, still.nonzero().flatten().tolist(), stats
-            if time.perf_counter() > deadline or len(pool[0]) > max_pool:
-                still |= (pool[3] <= 0).any(0)
-                return TIMEOUT, None, still.nonzero().flatten().tolist(), stats
-            (states, score, _), pool = _pop(pool, max_batch)
-            pick = score.argmax(1)
-            children = states.repeat(2, 1)
-            n = states.shape[0]
-            children[torch.arange(n), pick] = 1
-            children[n + torch.arange(n), pick] = -1
-            states = children
-
-
-def _fixed_layer_bounds(net: symbolic.TorchNet, root: list, relu: list, widths: list, states: torch.Tensor
-                        ) -> symbolic.LayerBounds:
-    """The root's layer bounds for each domain (B = len(states)), split neurons fixed to their phase."""
-    B = states.shape[0]
-    bounds, relax, offset = [], [], 0
-    for i, (l, u) in enumerate(root):
-        l, u = l.expand(B, -1), u.expand(B, -1)
-        if i in relu:
-            s = states[:, offset:offset + widths[relu.index(i)]]
-            offset += s.shape[1]
-            l, u = torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)
-        bounds.append((l, u))
-        relax.append(symbolic.Relax.of(l, u) if net.relu_after[i] else None)
-    return symbolic.LayerBounds(bounds, relax, [None] * len(bounds))
 
 
 def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list,

@@ -176,9 +176,10 @@ def test_side_attack_points_are_checked():
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10**6), depth=st.integers(1, 3), width=st.integers(2, 10), relu_out=st.booleans(),
-       disjuncts=st.integers(1, 3), shift=st.floats(-0.5, 0.5), bab_seconds=st.sampled_from([0.0, 0.5]))
-def test_relu_split_reaches_the_exact_verdict(seed, depth, width, relu_out, disjuncts, shift, bab_seconds):
-    """bab_seconds 0: one step of ReLU splitting, then the MILP; 0.5: mostly the splitting alone decides."""
+       disjuncts=st.integers(1, 3), shift=st.floats(-0.5, 0.5), milp_after=st.sampled_from([0.0, 1.0]))
+def test_relu_split_reaches_the_exact_verdict(seed, depth, width, relu_out, disjuncts, shift, milp_after):
+    """milp_after 0: one round of the optimized ReLU splitting, then the MILP; 1: the splitting alone decides
+    (the MILP only for domains it cannot split further)."""
     rng, net, box = problem(seed, 12, depth, width, relu_out, radius=0.5)
     assume(net.n_relus <= MAX_RELUS)
     C = rng.normal(size=(disjuncts, 3))
@@ -187,11 +188,11 @@ def test_relu_split_reaches_the_exact_verdict(seed, depth, width, relu_out, disj
     prop = Property(tuple((C[k:k + 1], np.array([np.min(exact) + shift])) for k in range(disjuncts)))
     confirm, _ = float64_confirm(net, box, prop)
     result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 30, confirm=confirm,
-                            bab_seconds=bab_seconds)
+                            milp_after=milp_after)
     assert result.status == ("holds" if shift < 0 else "violated")
     if result.status == "violated":
         assert box.contains(result.x) and prop.violated_by(net.forward(result.x))
-    assert result.stats["relu_bab_domains"] >= 1
+    assert result.stats["domains"] >= 1
 
 
 @pytest.mark.parametrize("relu_out", [False, True])
@@ -235,10 +236,10 @@ def test_relu_split_decides_conjunctions_no_single_row_rules_out(relu_out):
     empty = Property(((C, np.array([-0.05, -0.05])),))
     confirm, _ = float64_confirm(net, box, empty)
     assert bab.relu_split(net, box, empty, deadline=time.perf_counter() + 30, confirm=confirm,
-                          bab_seconds=0.0).status == "holds"
+                          milp_after=0.0).status == "holds"
     wide = Property(((C, np.array([10.0, 10.0])),))  # |y_0 - y_1| <= 10: met at many points
     confirm, _ = float64_confirm(net, box, wide)
-    result = bab.relu_split(net, box, wide, deadline=time.perf_counter() + 30, confirm=confirm, bab_seconds=0.0)
+    result = bab.relu_split(net, box, wide, deadline=time.perf_counter() + 30, confirm=confirm, milp_after=0.0)
     assert result.status == "violated" and prop_met(net, wide, result.x)
 
 

@@ -12,41 +12,45 @@ with the starting (adaptive) ones and the rows with their interval bounds, with 
 through these intersections: a plain max would give no gradient to slopes whose bound starts tied with (or a
 rounding error below) the other one, and freeze them for good. Adam with a geometrically decaying step (the bound
 is piecewise linear in the slopes, and a constant step keeps jumping across its kinks).
-Memory: the intermediate passes hold (B, 2 m_k, *shape_r) slopes per bounded node k and earlier ReLU node r.
+Cost: an iteration of the intermediate passes costs about one CROWN pass with autograd, and holds its rows
+(2 m_k per bounded node k, times the sizes of the nodes before k); above INTERMEDIATE_BUDGET such entries (conv
+nets: a 3-conv CIFAR-10 net ran for minutes at 1.5 GB before this limit) only the rows' slopes are optimized.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..network import Network
 from . import engine
 
 Tensor = torch.Tensor
+INTERMEDIATE_BUDGET = 2e7  # held row entries of the intermediate passes above which they keep adaptive slopes
 
 
 def _full(shape: tuple, cols: Tensor, values: Tensor) -> Tensor:
     """Slopes (B, R, *shape) that are `values` (B, R, c) at the flat entries cols (c,) and 0 elsewhere (entries
     that stay stable, whose slope is never read)."""
     B, R, _ = values.shape
-    flat = torch.zeros(B, R, int(torch.tensor(shape).prod()), dtype=values.dtype, device=values.device)
+    flat = torch.zeros(B, R, int(np.prod(shape)), dtype=values.dtype, device=values.device)
     return flat.index_copy(2, cols, values).reshape(B, R, *shape)
 
 
-def _adam(leaves: list, grads: tuple, moments: list, step: int, rate: float) -> None:
-    """One projected Adam ascent step in place (written out: torch.optim costs seconds to import)."""
+def _adam(leaves: list, grads: tuple, moments: list, step: int, rate: float, upper: float | None = 1.0) -> None:
+    """One Adam ascent step in place, projected on [0, upper] (written out: torch.optim costs seconds to import)."""
     for p, g, (m, v) in zip(leaves, grads, moments):
         if g is not None:
             m.mul_(0.9).add_(g, alpha=0.1)
             v.mul_(0.999).addcmul_(g, g, value=0.001)
             p.add_(rate * (m / (1 - 0.9 ** step)) / ((v / (1 - 0.999 ** step)).sqrt() + 1e-8))
-            p.clamp_(0.0, 1.0)
+            p.clamp_(0.0, upper)
 
 
 def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, given: dict | None = None, *,
-             iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool = True):
+             iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool | None = None):
     """alpha-CROWN lower bounds (B, K) of ``C f(x) + d`` over boxes lo, hi (B, n_inputs); C (B or 1, K, n_outputs),
     d (B or 1, K); given: as `engine.node_bounds`. intermediate: optimize the intermediate passes' slopes too
-    (else only the rows', with the adaptive layer bounds).
+    (else only the rows', with the adaptive layer bounds; None: when within INTERMEDIATE_BUDGET).
 
     Returns (lower (B, K): per row the best of all iterates and of a final pass with the best layer bounds and the
     best slopes; those layer bounds {node id: (l, u)} and relaxations; the slopes {ReLU id: (B, K, *shape)}, None
@@ -67,13 +71,17 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
 
     rows = {r: start(r, K).requires_grad_() for r in cols}
     entries = {}  # node id: (entries (m,), {ReLU id: slopes (B, 2m, c_r)})
-    pre = engine.pre_activations(network)
-    for k in sorted(pre - set(given)) if intermediate else ():
+    pre, held = engine.pre_activations(network), 0.0
+    for k in sorted(pre - set(given)):
         l, u = (x.reshape(B, -1) for x in bounds[k])
         idx = ((l < 0) & (u > 0)).any(0).nonzero().flatten()
-        earlier = {r: start(r, 2 * idx.numel()).requires_grad_() for r in cols if r < k}
-        if engine.bounded_by_pass(network, k) and idx.numel() and earlier:
-            entries[k] = (idx, earlier)
+        if engine.bounded_by_pass(network, k) and idx.numel() and any(r < k for r in cols):
+            entries[k] = idx
+            held += 2 * B * idx.numel() * sum(float(np.prod(n.op.out_shape)) for n in network.nodes[:k])
+    if intermediate is False or (intermediate is None and held > INTERMEDIATE_BUDGET):
+        entries = {}
+    entries = {k: (idx, {r: start(r, 2 * idx.numel()).requires_grad_() for r in cols if r < k})
+               for k, idx in entries.items()}
     leaves = list(rows.values()) + [p for _, params in entries.values() for p in params.values()]
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
     best_rows = {r: p.detach().clone() for r, p in rows.items()}

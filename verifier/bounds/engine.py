@@ -6,10 +6,11 @@ a ReLU by a linear bound chosen by the sign of each coefficient (the lower line 
 the upper line ``s z + t`` under a negative one); where a node feeds several others (fan-out) the rows arriving
 from each are summed. At the input it is minimised over the box in closed form: ``A @ centre - |A| @ radius + c``.
 
-ReLU relaxation (`relax`, the only one in the project) for pre-activation bounds l <= z <= u: ``u <= 0`` is inactive (h = 0; an
-empty interval l > u from an infeasible split counts here too), ``l < 0 < u`` strictly is unstable, anything else
-active (h = z). On unstable neurons the upper line has slope ``s = u / (u - l)`` and offset ``-s l``; the lower
-slope is "wk" (alpha = s), "adaptive" (alpha = 1 if u >= -l else 0) or given (clipped to [0, 1]).
+ReLU relaxation (`relax`, the only one in the project) for pre-activation bounds l <= z <= u: ``u <= 0`` is
+inactive (h = 0; an empty interval l > u from an infeasible split counts here too), ``l < 0 < u`` strictly is
+unstable, anything else active (h = z). On unstable neurons the upper line has slope ``s = u / (u - l)`` and
+offset ``-s l``; the lower slope is "wk" (alpha = s), "adaptive" (alpha = 1 if u >= -l else 0) or given
+(clipped to [0, 1]).
 
 Layer bounds (the inputs of every ReLU node, then the output) are computed in topological order: interval
 arithmetic from the bounds so far, intersected with given bounds; then, for the neurons still unstable
@@ -79,11 +80,15 @@ def _sum_over_shape(x: Tensor) -> Tensor:
 
 
 def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: dict, centre: Tensor,
-             radius: Tensor, alphas: dict | None = None) -> Tensor:
+             radius: Tensor, alphas: dict | None = None, *, betas: dict | None = None, record: dict | None = None
+             ) -> Tensor:
     """Lower bound (B, K) of ``<A, v_top> + const`` over the boxes, v_top the values of node `top`.
 
     A (B or 1, K, *shape_top), const (B or 1, K); relaxations {ReLU node id: Relaxation} for every ReLU node
     before top; centre, radius (B, n_inputs); alphas {ReLU node id: lower slopes broadcastable to (B, K, *shape)}.
+    betas {ReLU node id: (B, K, *shape)}: added to the rows reaching that ReLU's input (a Lagrangian term
+    ``<beta, z>`` of split constraints, see relu_bab.py). record: a dict filled with the rows reaching each ReLU
+    node {id: (B or 1, K, *shape)} (before its relaxation) and the input coefficients {0: (B or 1, K, n_inputs)}.
     """
     rows = {top: A}
     for k in range(top, 0, -1):
@@ -91,11 +96,15 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             continue
         A, node = rows.pop(k), network.nodes[k]
         if isinstance(node.op, ops.ReLU):
+            if record is not None:
+                record[k] = A
             r = relaxations[k]
             slope = r.lower_slope(None if alphas is None else alphas.get(k))
             pos, neg = A.clamp(min=0), A.clamp(max=0)
             const = const + _sum_over_shape(neg * r.upper_offset)
             parts = (pos * slope + neg * r.upper_slope,)
+            if betas is not None and k in betas:
+                parts = (parts[0] + betas[k],)
         else:
             if node.op.offset is not None:
                 const = const + _sum_over_shape(A * node.op.offset)
@@ -104,9 +113,9 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
                           for p in node.op.backward(A.reshape(-1, *node.op.out_shape)))
         for i, part in zip(node.inputs, parts):
             rows[i] = rows[i] + part if i in rows else part
-    if 0 not in rows:  # the rows do not depend on the input
-        return const.expand(centre.shape[0], -1)
-    A = rows[0].reshape(*rows[0].shape[:2], -1)
+    A = rows[0].reshape(*rows[0].shape[:2], -1) if 0 in rows else torch.zeros_like(centre).unsqueeze(1)
+    if record is not None:
+        record[0] = A
     return const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
 
 
