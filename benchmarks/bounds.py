@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from verifier import solvers
-from verifier.bounds import dual, interval, lp
+from verifier.bounds import dual, encode, interval, lp
 from verifier.onnx import load_onnx
 from verifier.vnnlib import parse_vnnlib
 
@@ -101,8 +101,8 @@ def peak_memory(name: str | None, problem) -> float:
 
 def backend_table(net, box, C, d) -> None:
     bounds = dual.bound(net, box, C, d).layer_bounds
-    n_layers, G, g0 = lp.objective_head(net, C, d)
-    problem, layout = lp.build_problem(net, box, bounds, n_layers)
+    problem, layout = encode.build_problem(net, box, bounds)
+    G, g0 = encode.rows(layout, C, d)
     print(f"\nLP backends, MNIST prop_0 (same layer bounds; {problem.n} variables, "
           f"{problem.A_ub.nnz + problem.A_eq.nnz} nonzeros, {len(C)} objectives)")
     print(f"{'backend':<13}{'open s':>8}{'first s':>9}{'later s':>9}{'total s':>9}{'compile s':>11}  min value")
@@ -112,8 +112,7 @@ def backend_table(net, box, C, d) -> None:
         opened = time.perf_counter() - start
         times, values, compile_s = [], [], float("nan")
         for j in range(len(C)):
-            cost = np.zeros(problem.n)
-            cost[layout.head] = G[j]
+            cost = G[j].toarray().reshape(-1)
             t = time.perf_counter()
             result = model.solve(cost, float(g0[j]))
             times.append(time.perf_counter() - t)

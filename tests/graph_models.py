@@ -1,7 +1,9 @@
 """Random ONNX graph networks of every supported operator kind, built with onnx.helper (tests only).
 
 `random_graph_model(kind, seed)` returns an onnx.ModelProto with one float32 input "x" and output "y"; onnxruntime
-is the oracle the tests compare against, so nothing here shares code with the loader. `KINDS` lists the kinds.
+is the oracle the tests compare against, so nothing here shares code with the loader. `KINDS` lists the kinds,
+`TINY_KINDS` those small enough for the enumeration oracle. `dense_expansion` turns a loaded network into the same
+function with every single-input linear operator a dense matrix (to check operators' transposes and encodings).
 """
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
+
+from verifier import ops
+from verifier.network import Network, Node
 
 
 class _Builder:
@@ -144,9 +150,32 @@ _KINDS = {
 KINDS = tuple(_KINDS)
 
 
+def _tiny_conv(g: _Builder) -> str:  # input (1, 1, 3, 3): 8 ReLUs
+    return g.gemm(g.flatten(g.relu(g.conv("x", 1, 2, 2))), 8, 3)
+
+
+def _tiny_residual(g: _Builder) -> str:  # input (1, 1, 2, 2): 12 ReLUs
+    a = g.relu(g.conv("x", 1, 1, 3, pads=[1, 1, 1, 1]))
+    b = g.conv(g.relu(g.conv(a, 1, 1, 3, pads=[1, 1, 1, 1])), 1, 1, 3, pads=[1, 1, 1, 1])
+    return g.gemm(g.flatten(g.relu(g.node("Add", [a, b]))), 4, 2)
+
+
+def _tiny_maxpool(g: _Builder) -> str:  # input (1, 1, 3, 4): 6 ReLUs, then 2 windows of 4 (3 ReLUs each)
+    h = g.node("MaxPool", [g.relu(g.conv("x", 1, 1, 2))], kernel_shape=[2, 2], strides=[1, 1])  # 1 x 2
+    return g.gemm(g.flatten(h), 2, 2)
+
+
+_TINY = {  # at most 14 ReLUs: small enough for the enumeration oracle (bounds/enumerate.py)
+    "tiny_conv": ((1, 1, 3, 3), _tiny_conv),
+    "tiny_residual": ((1, 1, 2, 2), _tiny_residual),
+    "tiny_maxpool": ((1, 1, 3, 4), _tiny_maxpool),
+}
+TINY_KINDS = tuple(_TINY)
+
+
 def random_graph_model(kind: str, seed: int = 0) -> onnx.ModelProto:
-    """A random network of the given kind (see `_KINDS`)."""
-    shape, build = _KINDS[kind]
+    """A random network of the given kind (see `_KINDS` and `_TINY`)."""
+    shape, build = {**_KINDS, **_TINY}[kind]
     g = _Builder(shape, seed)
     return g.model(build(g))
 
@@ -156,3 +185,15 @@ def random_graph_file(kind: str, folder: Path, seed: int = 0) -> Path:
     path = Path(folder) / f"{kind}_{seed}.onnx"
     onnx.save(random_graph_model(kind, seed), str(path))
     return path
+
+
+def dense_expansion(net: Network) -> Network:
+    """The same graph with every single-input linear operator replaced by its dense matrix (from `sparse()`)."""
+    nodes = [net.nodes[0]]
+    for node in net.nodes[1:]:
+        op = node.op
+        if isinstance(op, ops.Linear) and len(op.in_shapes) == 1:
+            matrix, offset = op.sparse()
+            op = ops.Dense(torch.tensor(matrix.toarray()), torch.tensor(offset), op.in_shapes, op.out_shape)
+        nodes.append(Node(op, node.inputs))
+    return Network(tuple(nodes), net.input_shape, output=net.output)

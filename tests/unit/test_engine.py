@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from graph_models import KINDS, random_graph_file
+from graph_models import KINDS, dense_expansion, random_graph_file
 from verifier import ops
 from verifier.bounds import dual, engine, interval
-from verifier.network import Network, Node, random_network
+from verifier.network import Network, random_network
 from verifier.onnx import load_onnx
 from verifier.spec import InputBox, margin_rows
 
@@ -61,18 +61,6 @@ def test_batched_boxes_match_single_boxes(graph):
     for i, box in enumerate(boxes):
         # the union of unstable neurons is bounded in a batch; each box keeps its own stable ones: same values
         np.testing.assert_allclose(batched[i].numpy(), dual.bound(graph, box, C, d).lower, rtol=1e-9, atol=1e-9)
-
-
-def dense_expansion(net: Network) -> Network:
-    """TEST ONLY: the same graph with every single-input linear operator replaced by its dense matrix."""
-    nodes = [net.nodes[0]]
-    for node in net.nodes[1:]:
-        op = node.op
-        if isinstance(op, ops.Linear) and len(op.in_shapes) == 1:
-            matrix, offset = op.sparse()
-            op = ops.Dense(torch.tensor(matrix.toarray()), torch.tensor(offset), op.in_shapes, op.out_shape)
-        nodes.append(Node(op, node.inputs))
-    return Network(tuple(nodes), net.input_shape, output=net.output)
 
 
 @pytest.mark.parametrize("slopes", ["wk", "adaptive"])

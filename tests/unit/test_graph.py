@@ -1,6 +1,6 @@
 """Network graphs: every operator kind loaded from ONNX agrees with onnxruntime; each linear operator's backward is
 its transpose, its sparse matrix its forward and its forward_abs the |W| map; save_onnx round-trips; IBP on graphs
-is sound against sampled points; methods that need a dense chain say so."""
+is sound against sampled points; every bound method takes graphs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ import torch
 from graph_models import KINDS, random_graph_file
 from verifier import ops
 from verifier.bounds import interval
-from verifier.errors import InputError, UnsupportedNetwork
+from verifier.errors import InputError
 from verifier.network import Network, Node
 from verifier.onnx import load_onnx, run_onnxruntime, save_onnx
 from verifier.spec import InputBox, margin_rows
@@ -111,15 +111,18 @@ def test_ibp_is_sound_on_sampled_points(graph):
         assert bool((v >= l - 1e-9).all()) and bool((v <= u + 1e-9).all())
 
 
-def test_methods_that_need_a_chain_say_so(graph):
-    from verifier.bounds import bound
+def test_every_bound_method_takes_graphs_and_they_have_no_dense_layers(graph):
+    from verifier.bounds import METHODS, bound
 
     net, _ = graph
     box = InputBox(np.zeros(net.n_inputs), np.full(net.n_inputs, 0.1))
     C, d = margin_rows(0, net.n_outputs)
-    for method in ("lp", "milp"):
-        with pytest.raises(UnsupportedNetwork, match=f"method {method} does not support"):
-            bound(net, box, C, d, method=method)
+    value = C @ net.forward(box.center) + d
+    options = {"milp": {"time_limit": 0.5, "objective": "min"}}
+    lower = {m: bound(net, box, C, d, method=m, **options.get(m, {})).lower for m in METHODS}
+    for method, low in lower.items():
+        assert np.all(low <= value + 1e-9), method
+    assert np.all(lower["lp"] >= lower["dual"] - 1e-7)  # the same (adaptive) layer bounds, free slopes
     with pytest.raises(InputError):
         net.affines
     assert net.n_relus == sum(net.widths) > 0 and "ReLUs" in net.summary()

@@ -7,7 +7,7 @@ import pytest
 
 from verifier import solvers
 from verifier.attacks import attack
-from verifier.bounds import METHODS, dual, interval, lp, milp
+from verifier.bounds import METHODS, dual, encode, interval, lp, milp
 from verifier.bounds.enumerate import enumerate_bound
 from verifier.network import Affine, Network, ReLU, random_network
 from verifier.onnx import run_onnxruntime, save_onnx
@@ -70,24 +70,22 @@ def test_enumeration_matches_a_dense_grid_in_one_dimension():
 def test_big_m_formulation_holds_the_network_and_relaxes_to_the_triangle():
     rng, net, box, C, d = small(11, sizes=(3, 6, 6, 2))
     bounds = dual.bound(net, box, C, d).layer_bounds
-    n_layers, G, g0 = lp.objective_head(net, C, d)
-    problem, layout = lp.build_problem(net, box, bounds, n_layers, "bigm")
+    problem, layout = encode.build_problem(net, box, bounds, kind="bigm")
+    G, g0 = encode.rows(layout, C, d)
     assert problem.is_mip and sum(a.size for a in layout.binary) == sum(u.size for u in layout.unstable) > 0
     for x in box.sample(50, rng):  # every real input gives a feasible point with the network's value
         p = milp.full_point(net, layout, problem.n, x)
         assert np.all(problem.A_ub @ p <= problem.b_ub + 1e-9)
         np.testing.assert_allclose(problem.A_eq @ p, problem.b_eq, atol=1e-9)
         assert np.all(p >= problem.lb - 1e-9) and np.all(p <= problem.ub + 1e-9)
-        np.testing.assert_allclose(G @ p[layout.head] + g0, C @ net.forward(x) + d, atol=1e-9)
+        np.testing.assert_allclose(G @ p + g0, C @ net.forward(x) + d, atol=1e-9)
     # its LP relaxation is the triangle relaxation (plus the valid bounds l <= zh <= u): never looser
     relaxed = solvers.LinearProblem(problem.c, problem.A_ub, problem.b_ub, problem.A_eq, problem.b_eq,
                                     problem.lb, problem.ub)
     triangle = lp.bound(net, box, C, d, layer_bounds=bounds)
     model = solvers.open_model(relaxed)
     for j in range(len(C)):
-        cost = np.zeros(problem.n)
-        cost[layout.head] = G[j]
-        value = model.solve(cost, g0[j]).objective
+        value = model.solve(G[j].toarray().reshape(-1), g0[j]).objective
         assert value >= triangle.info["objective"][j] - 1e-7
 
 

@@ -18,17 +18,6 @@ METHODS = {
 }
 
 
-# Methods that so far need a dense chain (Dense and ReLU alternating); the others take any network graph.
-CHAIN_ONLY = ("lp", "milp")
-
-
-def require_supported(method: str, network) -> None:
-    """Raise UnsupportedNetwork (an input error: one line, exit code 2) when `method` cannot bound `network`:
-    callers check before starting work, instead of failing in the middle of a dataset."""
-    if method in CHAIN_ONLY:
-        network.require_chain(method)
-
-
 def accepted_options(method: str) -> list[str]:
     """The keyword options ``METHODS[method]`` takes (layer_bounds included)."""
     parameters = inspect.signature(METHODS[method]).parameters.values()
@@ -47,5 +36,4 @@ def bound(network, box, C, d=None, *, method: str = "dual", **options) -> BoundR
     return METHODS[method](network, box, C, d, **options)
 
 
-__all__ = ["CHAIN_ONLY", "METHODS", "PROOF_MARGIN", "BoundResult", "accepted_options", "bound", "check_problem",
-           "proves", "require_supported"]
+__all__ = ["METHODS", "PROOF_MARGIN", "BoundResult", "accepted_options", "bound", "check_problem", "proves"]

@@ -2,15 +2,18 @@
 
 On the set of inputs where every ReLU has a fixed state (an activation pattern), the network is affine in x and
 that set is a polytope (the box cut by one half-space per neuron). The minimum over the box is the minimum over
-the reachable patterns of an LP each. Patterns are explored depth first, neuron by neuron in layer order; a
-neuron splits the current polytope only where the min and max of its pre-activation over it (two LPs) have
-opposite signs, so unreachable patterns are never visited. Exponential in the number of ReLUs: small nets only.
+the reachable patterns of an LP each. Patterns are explored depth first, neuron by neuron, ReLU node by ReLU node
+in the graph's order; a neuron splits the current polytope only where the min and max of its pre-activation over
+it (two LPs) have opposite signs, so unreachable patterns are never visited. Between ReLUs, every node's value is
+kept as an affine map of x, composed from the operators' `sparse()` maps (the network's definition itself).
+Exponential in the number of ReLUs: small nets only.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linprog
 
+from .. import ops
 from ..network import Network
 from ..spec import InputBox
 from .base import check_problem
@@ -30,30 +33,43 @@ def _lp_min(cost: np.ndarray, A: np.ndarray, b: np.ndarray, box: InputBox) -> fl
     return float(result.fun)
 
 
-def _layer_intervals(network: Network, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Interval bounds (l, u) of every affine layer's outputs over the box, widened by a relative 1e-12 so that
-    rounding never makes an unstable neuron look stable. Written here, not taken from bounds/interval.py: the
+def _maps(network: Network) -> dict:
+    """{linear node id: (matrix (n_out, sum n_in) dense, offset (n_out,))} from the operators' sparse maps."""
+    maps = {}
+    for k, node in enumerate(network.nodes):
+        if isinstance(node.op, ops.Linear):
+            matrix, offset = node.op.sparse()
+            maps[k] = (matrix.toarray(), offset)
+    return maps
+
+
+def _node_intervals(network: Network, box: InputBox, maps: dict) -> dict:
+    """Interval bounds {node id: (l, u)} of every node's flat values over the box, widened by a relative 1e-12 so
+    that rounding never makes an unstable neuron look stable. Written here, not taken from bounds/interval.py: the
     oracle shares no code with the methods it checks."""
-    lo, hi = box.lo, box.hi
-    intervals = []
-    for affine, relu in zip(network.affines, network.relu_after):
-        center = affine.weight @ ((lo + hi) / 2) + affine.bias
-        radius = np.abs(affine.weight) @ ((hi - lo) / 2)
+    intervals = {0: (box.lo, box.hi)}
+    for k, node in enumerate(network.nodes[1:], 1):
+        lo = np.concatenate([intervals[i][0] for i in node.inputs])
+        hi = np.concatenate([intervals[i][1] for i in node.inputs])
+        if isinstance(node.op, ops.ReLU):
+            intervals[k] = (np.maximum(lo, 0.0), np.maximum(hi, 0.0))
+            continue
+        W, offset = maps[k]
+        center = W @ ((lo + hi) / 2) + offset
+        radius = np.abs(W) @ ((hi - lo) / 2)
         slack = 1e-12 * (1.0 + np.abs(center) + radius)
-        l, u = center - radius - slack, center + radius + slack
-        intervals.append((l, u))
-        lo, hi = (np.maximum(l, 0.0), np.maximum(u, 0.0)) if relu else (l, u)
+        intervals[k] = (center - radius - slack, center + radius + slack)
     return intervals
 
 
 def enumerate_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None) -> np.ndarray:
     """The exact ``min_{x in box} C f(x) + d`` per row (k,), for networks with at most 14 ReLUs."""
-    network.require_chain("enumerate")
     C, d = check_problem(network, box, C, d)
     if network.n_relus > MAX_RELUS:
         raise ValueError(f"enumerate_bound: {network.n_relus} ReLUs, at most {MAX_RELUS} are enumerated")
-    interval = _layer_intervals(network, box)  # settles some neurons without an LP
-    affines, relu_after = network.affines, network.relu_after
+    maps = _maps(network)
+    interval = _node_intervals(network, box, maps)  # settles some neurons without an LP
+    nodes, output = network.nodes, network.output
     best = np.full(C.shape[0], np.inf)
 
     def leaf(A: np.ndarray, b: np.ndarray, M: np.ndarray, m: np.ndarray) -> None:
@@ -63,17 +79,26 @@ def enumerate_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarra
             if value is not None:
                 best[r] = min(best[r], value + C[r] @ m + d[r])
 
-    def visit(i: int, j: int, A: np.ndarray, b: np.ndarray, M: np.ndarray, m: np.ndarray, mask: list) -> None:
-        """Decide neuron j of ReLU layer i, whose pre-activations are ``M x + m`` on the polytope A x <= b;
+    def run(k: int, A: np.ndarray, b: np.ndarray, values: dict) -> None:
+        """Go on from node k: values {node id: (M, m)} holds every earlier node as ``M x + m`` on A x <= b."""
+        while k <= output and not isinstance(nodes[k].op, ops.ReLU):
+            W, offset = maps[k]
+            M = np.concatenate([values[i][0] for i in nodes[k].inputs])
+            m = np.concatenate([values[i][1] for i in nodes[k].inputs])
+            values = {**values, k: (W @ M, W @ m + offset)}
+            k += 1
+        if k > output:
+            return leaf(A, b, *values[output])
+        decide(k, 0, A, b, values, [])
+
+    def decide(k: int, j: int, A: np.ndarray, b: np.ndarray, values: dict, mask: list) -> None:
+        """Decide neuron j of ReLU node k, whose pre-activations are ``M x + m`` on the polytope A x <= b;
         mask: the states (1 active, 0 inactive) of its neurons 0..j-1."""
-        if j == M.shape[0]:  # layer complete: through its ReLUs and on to the next ReLU layer or the outputs
-            M, m = np.asarray(mask, dtype=np.float64)[:, None] * M, np.asarray(mask, dtype=np.float64) * m
-            if i + 1 == len(affines):
-                return leaf(A, b, M, m)
-            nxt = affines[i + 1]
-            M, m = nxt.weight @ M, nxt.weight @ m + nxt.bias
-            return visit(i + 1, 0, A, b, M, m, []) if relu_after[i + 1] else leaf(A, b, M, m)
-        l, u = interval[i][0][j], interval[i][1][j]
+        M, m = values[nodes[k].inputs[0]]
+        if j == M.shape[0]:  # the node complete: through its ReLUs and on
+            on = np.asarray(mask, dtype=np.float64)
+            return run(k + 1, A, b, {**values, k: (on[:, None] * M, on * m)})
+        l, u = interval[nodes[k].inputs[0]][0][j], interval[nodes[k].inputs[0]][1][j]
         if l >= 0 or u <= 0:  # stable on the whole box
             low, high = l, u
         else:
@@ -83,16 +108,12 @@ def enumerate_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarra
             low, high = low + m[j], -_lp_min(-M[j], A, b, box) + m[j]
         if high > 0:  # the part where M_j x + m_j >= 0 (a new row only if the neuron splits the polytope)
             cut = low < 0
-            visit(i, j + 1, np.vstack([A, -M[j]]) if cut else A, np.append(b, m[j]) if cut else b, M, m,
-                  mask + [1])
+            decide(k, j + 1, np.vstack([A, -M[j]]) if cut else A, np.append(b, m[j]) if cut else b, values,
+                   mask + [1])
         if low < 0 or high <= 0:  # the part where M_j x + m_j <= 0
             cut = high > 0
-            visit(i, j + 1, np.vstack([A, M[j]]) if cut else A, np.append(b, -m[j]) if cut else b, M, m,
-                  mask + [0])
+            decide(k, j + 1, np.vstack([A, M[j]]) if cut else A, np.append(b, -m[j]) if cut else b, values,
+                   mask + [0])
 
-    first = affines[0]
-    if not relu_after[0]:  # no ReLU at all: an affine map, minimized over the box in closed form
-        W, c0 = C @ first.weight, C @ first.bias + d
-        return np.clip(W, 0, None) @ box.lo + np.clip(W, None, 0) @ box.hi + c0
-    visit(0, 0, np.zeros((0, network.n_inputs)), np.zeros(0), first.weight.copy(), first.bias.copy(), [])
+    run(1, np.zeros((0, network.n_inputs)), np.zeros(0), {0: (np.eye(network.n_inputs), np.zeros(network.n_inputs))})
     return best

@@ -1,9 +1,10 @@
 """Exact minimum of ``C f(x) + d`` over a box: the big-M MILP of Tjeng et al. (2019), solved by HiGHS.
 
 An unstable ReLU (l < 0 < u) with indicator a in {0, 1} is encoded exactly by ``z >= zh, z >= 0, z <= u a,
-z <= zh - l (1 - a)``; stable ones are exact linear maps (the layout is `lp.build_problem`'s). The tighter the
-layer bounds, the smaller the big-M constants and the fewer binaries: by default they come from alpha-CROWN
-(the dual pass with optimized slopes), optionally tightened by LP-all (``intermediate="lp"``).
+z <= zh - l (1 - a)``; stable ones are exact linear maps (on any network graph: `encode.build_problem`, the linear
+nodes composed away, per ReLU node its pre-activations, activations and indicators). The tighter the layer
+bounds, the smaller the big-M constants and the fewer binaries: by default they come from alpha-CROWN (the dual
+pass with optimized slopes), optionally tightened by LP-all (``intermediate="lp"``).
 
 Both sides are checked (DESIGN.md rule 2): ``lower`` is the solver's proven dual bound (or, if it is weaker, the
 dual pass's bound: both are valid), and ``upper`` is OUR network's float64 value at the best point known for the
@@ -25,59 +26,60 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from .. import solvers
 from ..network import Network
 from ..spec import InputBox
-from . import dual, lp
+from . import dual, encode, lp
 from .base import BoundResult, check_problem
 
 OBJECTIVES = ("rows", "min", "min-selector")
 
 
-def full_point(network: Network, layout: lp.Layout, n_vars: int, x: np.ndarray) -> np.ndarray:
-    """The MILP's variable vector (n_vars,) for input x (n_inputs,): pre-activations, activations, indicators."""
+def full_point(network: Network, layout: encode.Layout, n_vars: int, x: np.ndarray) -> np.ndarray:
+    """The MILP's variable vector (n_vars,) for input x (n_inputs,): the network's own forward, read off at each ReLU
+    node of the problem (pre-activations, activations, and the indicators of its unstable neurons)."""
+    pre = []
+
+    def record(h: torch.Tensor, _is_output: bool) -> torch.Tensor:
+        pre.append(h.reshape(-1).numpy().copy())
+        return torch.relu(h)
+
+    with torch.no_grad():
+        network.forward_torch(torch.tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)), record)
     point = np.zeros(n_vars)
     point[:layout.n_inputs] = x
-    h = x
-    for i in range(len(layout.zh)):
-        affine = network.affines[i]
-        zh = affine.weight @ h + affine.bias
-        h = np.maximum(zh, 0.0)
-        point[layout.zh[i]], point[layout.z[i]] = zh, h
+    for i, zh in enumerate(pre[:len(layout.zh)]):
+        point[layout.zh[i]], point[layout.z[i]] = zh, np.maximum(zh, 0.0)
         point[layout.binary[i]] = (zh[layout.unstable[i]] > 0).astype(np.float64)
     return point
 
 
-def _head_range(layout: lp.Layout, bounds: list, box: InputBox, G: np.ndarray, g0: np.ndarray) -> np.ndarray:
-    """Upper bounds (k,) of the rows ``G h + g0`` from the interval of h (used for big-M constants only)."""
-    if layout.zh:
-        l, u = bounds[len(layout.zh) - 1]
-        lo, hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
-    else:
-        lo, hi = box.lo, box.hi
-    return np.clip(G, 0, None) @ hi + np.clip(G, None, 0) @ lo + g0
+def _rows_range(problem: solvers.LinearProblem, layout: encode.Layout, bounds: list, G: sp.csr_matrix,
+                g0: np.ndarray) -> np.ndarray:
+    """Upper bounds (k,) of the rows ``G v + g0`` from the valid ranges of the variables (for big-M constants)."""
+    lo, hi = encode.variable_ranges(problem, layout, bounds)
+    return G.maximum(0) @ hi + G.minimum(0) @ lo + g0
 
 
-def _epigraph(problem: solvers.LinearProblem, layout: lp.Layout, G: np.ndarray, g0: np.ndarray,
+def _epigraph(problem: solvers.LinearProblem, G: sp.csr_matrix, g0: np.ndarray,
               t_range: tuple[float, float] = (-np.inf, np.inf), big_m: np.ndarray | None = None
               ) -> solvers.LinearProblem:
-    """The MILP with a variable t to minimize. Without big_m: ``t >= G_j h + g0_j`` for every row j (t is the
-    maximum over the rows: min-max). With big_m (k,): selectors s_j in {0, 1} with sum 1 and
-    ``t >= G_j h + g0_j - M_j (1 - s_j)`` (t is the selected row: the minimum over the rows by one MILP)."""
+    """The MILP with a variable t to minimize; G (k, n) CSR, g0 (k,) the rows over its variables. Without big_m:
+    ``t >= G_j v + g0_j`` for every row j (t is the maximum over the rows: min-max). With big_m (k,): selectors
+    s_j in {0, 1} with sum 1 and ``t >= G_j v + g0_j - M_j (1 - s_j)`` (t is the selected row: the minimum over
+    the rows by one MILP)."""
     n, k = problem.n, G.shape[0]
     m = 0 if big_m is None else k  # selector columns
-    rows = sp.lil_matrix((k, n + 1 + m))
-    rows[:, layout.head] = G
-    rows[:, n] = -1.0
-    rhs = -g0
+    selectors = [] if big_m is None else [sp.diags(big_m, format="csr")]
+    rows = sp.hstack([G, sp.csr_matrix(-np.ones((k, 1)))] + selectors, format="csr")
+    rhs = -g0 if big_m is None else big_m - g0
     A_eq, b_eq = sp.hstack([problem.A_eq, sp.csr_matrix((problem.A_eq.shape[0], 1 + m))]), problem.b_eq
     if big_m is not None:
-        rows[np.arange(k), n + 1 + np.arange(k)] = big_m
-        rhs = big_m - g0
         A_eq = sp.vstack([A_eq, sp.csr_matrix(np.concatenate([np.zeros(n + 1), np.ones(k)])[None])])
         b_eq = np.concatenate([b_eq, [1.0]])
-    A_ub = sp.vstack([sp.hstack([problem.A_ub, sp.csr_matrix((problem.A_ub.shape[0], 1 + m))]), rows.tocsr()])
+    A_ub = sp.vstack([sp.hstack([problem.A_ub, sp.csr_matrix((problem.A_ub.shape[0], 1 + m))]), rows])
     return solvers.LinearProblem(np.concatenate([np.zeros(n), [1.0], np.zeros(m)]), A_ub.tocsr(),
                                  np.concatenate([problem.b_ub, rhs]), A_eq.tocsr(), b_eq,
                                  np.concatenate([problem.lb, [t_range[0]], np.zeros(m)]),
@@ -87,13 +89,13 @@ def _epigraph(problem: solvers.LinearProblem, layout: lp.Layout, G: np.ndarray, 
 
 def _setup(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, layer_bounds: list | None,
            intermediate: str, slopes: str, deadline: float | None):
-    """(layer bounds, the dual pass's lower bounds of the rows (k,), info, the rows over the last hidden
-    layer G (k, w), g0 (k,), the big-M MILP, its layout)."""
+    """(layer bounds, the dual pass's lower bounds of the rows (k,), info, the rows over the MILP's variables
+    G (k, n) CSR, g0 (k,), the big-M MILP, its layout)."""
     bounds, dual_lower, info = lp.initial_bounds(network, box, C, d, layer_bounds, intermediate, slopes, deadline)
     if dual_lower is None:
         dual_lower = dual.bound(network, box, C, d, layer_bounds=bounds, slopes="adaptive").lower
-    n_layers, G, g0 = lp.objective_head(network, C, d)
-    problem, layout = lp.build_problem(network, box, bounds, n_layers, "bigm")
+    problem, layout = encode.build_problem(network, box, bounds, network.output, "bigm")
+    G, g0 = encode.rows(layout, C, d)
     return bounds, dual_lower, info, G, g0, problem, layout
 
 
@@ -142,7 +144,6 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     "seconds_bounds", "objective", "intermediate", "slopes".
     """
     start = time.perf_counter()
-    network.require_chain("milp")
     C, d = check_problem(network, box, C, d)
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
@@ -164,8 +165,8 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     solver_bound, nodes = np.full(k, np.nan), 0
     threshold = _cutoff(decide)
     if objective == "min-selector":
-        upper_rows = _head_range(layout, bounds, box, G, g0)
-        sel = _epigraph(problem, layout, G, g0, (dual_lower.min(), upper_rows.max()),
+        upper_rows = _rows_range(problem, layout, bounds, G, g0)
+        sel = _epigraph(problem, G, g0, (dual_lower.min(), upper_rows.max()),
                         big_m=upper_rows - dual_lower.min())
         result = solvers.open_model(sel, highs_options=solvers.MILP_QUICK).solve(
             time_limit=max(remaining() or 0.0, 0.0) if deadline else None, cutoff=threshold)
@@ -199,8 +200,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
             if left is not None and left <= 0:
                 status[j] = solvers.TIME_LIMIT
                 continue
-            cost = np.zeros(problem.n)
-            cost[layout.head] = G[j]
+            cost = G[j].toarray().reshape(-1)
             first = full_point(network, layout, problem.n, np.concatenate(points)[np.argmin(table[:, j])])
             result = model.solve(cost, float(g0[j]), time_limit=left, cutoff=cutoff, start=first)
             nodes += result.info.get("nodes", 0)
@@ -239,11 +239,10 @@ def min_max(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None
     status "optimal" | "time_limit" | "pruned" (shown > decide) | "error".
     """
     start = time.perf_counter()
-    network.require_chain("milp")
     C, d = check_problem(network, box, C, d)
     deadline = None if time_limit is None else start + float(time_limit)
     _, dual_lower, _, G, g0, problem, layout = _setup(network, box, C, d, layer_bounds, "dual", "opt", deadline)
-    epigraph = _epigraph(problem, layout, G, g0)
+    epigraph = _epigraph(problem, G, g0)
     threshold = _cutoff(decide)
     left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
     result = solvers.open_model(epigraph, highs_options=solvers.MILP_QUICK).solve(time_limit=left, cutoff=threshold)
