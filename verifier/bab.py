@@ -284,7 +284,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
                      for x in lu) for k, lu in zip(relu_inputs(network), layer_bounds)}
     splittable = sum(int(((l < 0) & (u > 0)).sum()) for (l, u) in (root[network.nodes[r].inputs[0]]
                                                                       for r in network.relu_nodes))
-    use_milp = network.is_chain and splittable <= MILP_MAX_SPLITTABLE
+    use_milp = splittable <= MILP_MAX_SPLITTABLE
     phase1_end = start + milp_after * (deadline - start) if use_milp else deadline
     net = symbolic.TorchNet(network)
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)

@@ -43,6 +43,7 @@ from .network import Network
 Tensor = torch.Tensor
 POOL_BYTES = 2e9  # memory the pool of open domains may take (alpha, beta warm starts in float32, splits int8)
 STEPS, ROOT_STEPS = 16, 30  # Adam steps on alpha and beta per round of bounding, and for the root domains
+EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
 
 
@@ -82,7 +83,8 @@ class _Problem:
 
     def relaxations(self, splits: Tensor) -> tuple[dict, dict, dict, Tensor]:
         """Per ReLU node, the domains' relaxations (B, 1, *shape), triangle heights (B, *shape) and split signs
-        (B, *shape) for splits (B, N), and which domains are empty (B,) (some neuron's l > u).
+        (B, *shape) for splits (B, N), and which domains are empty (B,) (some neuron's l > u, beyond rounding: a
+        domain where a neuron takes a single value gets l = u computed two ways, and they may cross by ~1e-17).
 
         The root's bounds with the split neurons' made exact; with self.retighten, every ReLU input is bounded
         again per domain (interval arithmetic and a backward pass for its unstable entries, as at the root),
@@ -105,7 +107,7 @@ class _Problem:
         height, empty = {}, torch.zeros(B, dtype=torch.bool)
         for r in self.relus:
             l, u = (x.reshape(B, -1) for x in bounds[self.network.nodes[r].inputs[0]])
-            empty |= (l > u).any(1)
+            empty |= (l > u + EMPTY_MARGIN * (1 + u.abs())).any(1)  # rounding alone crosses a point's bounds
             unstable = (l < 0) & (u > 0)
             height[r] = torch.where(unstable, -l * u / torch.where(unstable, u - l, 1.0), 0.0)
             height[r] = height[r].reshape(B, *self.shapes[r])

@@ -35,6 +35,7 @@ RESULT_WORDS = {HOLDS: "unsat", VIOLATED: "sat", UNKNOWN: "unknown", TIMEOUT: "t
 INPUT_SPLIT_MAX_INPUTS = 16  # input splitting pays off only while a box has few dimensions to bisect
 QUICK_FALSIFY = 0.3  # seconds of PGD before any bound (at most 10% of the timeout)
 SIDE_ATTACK_FIRST, SIDE_ATTACK_SECONDS = 0.5, 1.0  # falsification during input splitting: first at 0.5 s, <= 1 s
+OPT_SHARE = 0.25  # the optimized dual pass stops its iterations after this share of the time left
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase)
         if deadline - time.perf_counter() <= needs:
             return Verdict(TIMEOUT, None, stats)
         t0 = time.perf_counter()
-        open_, layer_bounds = _open_disjuncts(network, box, prop, open_, slopes)
+        limit = None if slopes != "opt" else OPT_SHARE * (deadline - time.perf_counter())
+        open_, layer_bounds = _open_disjuncts(network, box, prop, open_, slopes, limit)
         stats["bound_calls"] += 1
         phase(name, t0)
         if not open_:
@@ -157,12 +159,13 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase)
     return _from_bab(result, box, prop, checker, stats)
 
 
-def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list[int], slopes: str
-                    ) -> tuple[list[int], list]:
+def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list[int], slopes: str,
+                    time_limit: float | None = None) -> tuple[list[int], list]:
     """The disjuncts (indices) one dual pass over all their rows cannot rule out, and its layer bounds."""
     rows = [prop.objective_rows(k) for k in open_]
     C, d = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
-    result = bound(network, box, C, d, method="dual", slopes=slopes)
+    options = {} if time_limit is None else {"time_limit": time_limit}
+    result = bound(network, box, C, d, method="dual", slopes=slopes, **options)
     ends = np.cumsum([len(r[1]) for r in rows])[:-1]
     return ([k for k, part in zip(open_, np.split(result.lower, ends)) if not np.any(proves(part))],
             result.layer_bounds)

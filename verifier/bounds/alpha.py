@@ -18,6 +18,8 @@ nets: a 3-conv CIFAR-10 net ran for minutes at 1.5 GB before this limit) only th
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -47,10 +49,12 @@ def _adam(leaves: list, grads: tuple, moments: list, step: int, rate: float, upp
 
 
 def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, given: dict | None = None, *,
-             iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool | None = None):
+             iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool | None = None,
+             deadline: float | None = None):
     """alpha-CROWN lower bounds (B, K) of ``C f(x) + d`` over boxes lo, hi (B, n_inputs); C (B or 1, K, n_outputs),
     d (B or 1, K); given: as `engine.node_bounds`. intermediate: optimize the intermediate passes' slopes too
-    (else only the rows', with the adaptive layer bounds; None: when within INTERMEDIATE_BUDGET).
+    (else only the rows', with the adaptive layer bounds; None: when within INTERMEDIATE_BUDGET). deadline: no
+    iteration starts after this time.perf_counter() (every iterate is sound: the best so far is kept).
 
     Returns (lower (B, K): per row the best of all iterates and of a final pass with the best layer bounds and the
     best slopes; those layer bounds {node id: (l, u)} and relaxations; the slopes {ReLU id: (B, K, *shape)}, None
@@ -87,6 +91,8 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
     best_rows = {r: p.detach().clone() for r, p in rows.items()}
     best_bounds = dict(bounds)
     for step in range(1, iterations + 1):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         alphas = {k: (idx, {r: _full(shapes[r], cols[r], p) for r, p in params.items()})
                   for k, (idx, params) in entries.items()}
         now, relax_now = engine.node_bounds(network, lo, hi, "adaptive", given, reference=bounds, alphas=alphas,

@@ -57,11 +57,12 @@ def _problem(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, devi
 
 def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
           layer_bounds: list | None = None, slopes: str = "adaptive", iterations: int = 50, lr: float = 0.5,
-          device: str = "cpu", dtype: torch.dtype = torch.float64) -> BoundResult:
+          time_limit: float | None = None, device: str = "cpu", dtype: torch.dtype = torch.float64) -> BoundResult:
     """Dual-network lower bounds of ``C @ f(x) + d`` over the box; C (k, n_outputs), d (k,).
 
     slopes: "wk", "adaptive" or "opt" (Adam for `iterations` steps of size lr on the lower slopes, from
-    adaptive; the best bound seen per row and per layer-bound entry is kept). layer_bounds: [(l, u)] flat numpy
+    adaptive; the best bound seen per row and per layer-bound entry is kept; no step starts after time_limit
+    seconds). layer_bounds: [(l, u)] flat numpy
     per `interval.relu_inputs` node (for a chain: per affine layer); the ReLU inputs then use exactly these.
     info: "slopes", "iterations" (0 unless opt) and "alpha", per ReLU node the rows' lower slopes (k, n_flat)
     (stable neurons: 1 active, 0 inactive), which `backward_bound` turns back into the bound.
@@ -74,8 +75,9 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     given = _given(network, layer_bounds, device, dtype)
     row_slopes = None
     if slopes == "opt":
+        deadline = None if time_limit is None else start + time_limit
         lower, bounds, relaxations, row_slopes = alpha.optimize(net, lo, hi, Ct, dt, given, iterations=iterations,
-                                                                lr=lr)
+                                                                lr=lr, deadline=deadline)
     else:
         with torch.no_grad():
             bounds, relaxations = engine.node_bounds(net, lo, hi, slopes, given)

@@ -189,8 +189,9 @@ def initial_bounds(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray
     if intermediate not in ("dual", "lp"):
         raise ValueError(f"unknown intermediate {intermediate!r}; use 'dual' or 'lp'")
     info: dict = {"intermediate": intermediate, "slopes": slopes}
-    if layer_bounds is None:
-        first = dual.bound(network, box, C, d, slopes=slopes)
+    if layer_bounds is None:  # the optimized pass gets at most half the time
+        limit = None if deadline is None else max(0.0, (deadline - time.perf_counter()) / 2)
+        first = dual.bound(network, box, C, d, slopes=slopes, time_limit=limit)
         bounds, lower = first.layer_bounds, first.lower
     else:
         bounds = [tuple(np.asarray(x, dtype=np.float64).reshape(-1) for x in lu) for lu in layer_bounds]
