@@ -33,7 +33,8 @@ HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
 STEP_SECONDS = 0.2  # target duration of one branch-and-bound step (see input_split's max_batch)
 MIN_RELATIVE_WIDTH = 1e-10  # a box this thin (relative to the root) and still open is left unresolved
 MILP_MAX_SPLITTABLE = 1000  # relu_split hands over to the MILP only with at most this many root-unstable ReLUs
-MILP_AFTER = 0.1  # ... after this fraction of its time in the optimized ReLU-split search
+MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-split search (1: only for what the
+# search leaves stuck; measured on MNIST 256x2 at 30 s: the search alone answers 30/30, 48 s in all)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
        bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's).
     2. When the network is small enough for the MILP to pay (at most MILP_MAX_SPLITTABLE root-unstable ReLUs) and
-       phase 1 has run for `milp_after` of the time (or is stuck: every neuron split and a domain still open),
+       phase 1 has run for `milp_after` of the time (or ended with domains it cannot split further: "stuck"),
        the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):
        single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP deciding
        whether ``min_x max_rows > 0`` (`milp.min_max`).

@@ -20,8 +20,9 @@ with, per domain:
 Search: best-first (lowest bound first, where counterexamples are likeliest); domains live in a pool of tensors
 (splits int8, alpha/beta float32 warm starts) capped by memory (beyond: the search stops, undecided). Branching:
 the free root-unstable neuron with the largest |row coefficient at its ReLU| x triangle height -l u / (u - l) in the
-domain's best row (BaBSR-like). A domain with nothing left worth splitting is "stuck" and left to the caller (the
-MILP). Candidates: the box corner minimizing the best row's linear bound, and the caller's side attack, checked by
+domain's best row (BaBSR-like). A domain with nothing left worth splitting is "stuck": its pass is linear where it
+matters and the best beta makes it exact (LP duality), so it gets STUCK_STEPS more steps; what stays open is left
+to the caller (the MILP). Candidates: the box corner minimizing the best row's linear bound, and the caller's side attack, checked by
 `check` (float64, then onnxruntime on the original model).
 Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``;
 float32 passes (`search`'s dtype) prove nothing until re-derived in float64.
@@ -42,7 +43,7 @@ from .network import Network
 
 Tensor = torch.Tensor
 POOL_BYTES = 2e9  # memory the pool of open domains may take (alpha, beta warm starts in float32, splits int8)
-STEPS, ROOT_STEPS = 16, 30  # Adam steps on alpha and beta per round of bounding, and for the root domains
+STEPS, ROOT_STEPS, STUCK_STEPS = 16, 30, 200  # Adam steps per round; at the root; on a domain with no split left
 EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
 
@@ -223,9 +224,14 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         score = torch.cat([(record[r].expand(B, *record[r].shape[1:])[pick, row].abs() * height[r])
                            .reshape(B, -1)[:, problem.cols[r]] for r in problem.relus], 1)
         score = torch.where(splits == 0, score, torch.zeros_like(score))
-        stuck = open_ & ~(score > 0).any(1)  # nothing left to split that could help: the MILP's to settle
-        still[disjunct[stuck]] = True
-        open_ &= ~stuck
+        stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # nothing left to split that could help
+        if stuck.numel():  # the pass is (nearly) linear there: many more steps on beta, else the MILP's to settle
+            again, *_ = exact.bound(splits[stuck], disjunct[stuck], alpha[stuck], beta[stuck], STUCK_STEPS)
+            proved = again.amax(1) - PROOF_MARGIN > 0
+            open_[stuck[proved]] = False
+            still[disjunct[stuck[~proved]]] = True
+            open_[stuck[~proved]] = False
+            stats["stuck"] = stats.get("stuck", 0) + stuck.numel()
         pool = _merge(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
                       beta[open_].float(), score[open_])
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))

@@ -7,14 +7,19 @@ import itertools
 import time
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import assume, example, given, settings, strategies as st
 from scipy.optimize import linprog
 
-from verifier import relu_bab
+from graph_models import TINY_KINDS, random_graph_file
+from verifier import bab, relu_bab
 from verifier.bab import _Rows
 from verifier.bounds import dual
+from verifier.bounds.enumerate import enumerate_bound
+from verifier.bounds.interval import relu_inputs
 from verifier.network import Network, random_network
+from verifier.onnx import load_onnx
 from verifier.spec import InputBox, Property
 
 
@@ -54,8 +59,8 @@ def setup(seed: int, sizes: list[int], radius: float = 0.6):
 
 def root_of(net: Network, box: InputBox, C: np.ndarray, d: np.ndarray) -> dict:
     layer_bounds = dual.bound(net, box, C, d, slopes="adaptive").layer_bounds
-    return {k: tuple(torch.tensor(x).reshape(1, -1) for x in lu)
-            for k, lu in zip([net.nodes[r].inputs[0] for r in net.relu_nodes] + [net.output], layer_bounds)}
+    return {k: tuple(torch.tensor(x).reshape(1, *net.nodes[k].op.out_shape) for x in lu)
+            for k, lu in zip(relu_inputs(net), layer_bounds)}
 
 
 @settings(max_examples=25, deadline=None)
@@ -148,3 +153,37 @@ def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift,
         assert box.contains(result.x) and prop.violated_by(net.forward(result.x))
     if result.status == "open":
         assert bool(result.still.any())  # undecided only where a domain could not be split further
+
+
+@pytest.fixture(scope="module", params=[(k, s) for k in TINY_KINDS for s in (0, 1, 2)], ids=lambda p: f"{p[0]}-{p[1]}")
+def tiny_graph(request, tmp_path_factory):
+    kind, seed = request.param
+    return load_onnx(random_graph_file(kind, tmp_path_factory.mktemp(kind), seed)), seed
+
+
+def test_graph_verdicts_equal_the_enumeration(tiny_graph):
+    """Conv, residual and MaxPool graphs: relu_split (the optimized search, then the MILP for what it cannot split)
+    and the search alone against the enumeration oracle, on single rows, disjunctions, conjunctions and exact ties."""
+    net, seed = tiny_graph
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(-0.5, 0.5, net.n_inputs)
+    box = InputBox(centre - 0.3, centre + 0.3)
+    C = rng.normal(size=(3, net.n_outputs))
+    exact = enumerate_bound(net, box, C)
+    cases = [Property(((C[:1], np.array([exact[0] + shift])),)) for shift in (-0.05, 0.05)]
+    cases += [Property(tuple((C[k:k + 1], np.array([exact[k] + shift])) for k in range(3))) for shift in (-0.05, 0.05)]
+    cases += [Property(((C[:2], exact[:2] - 0.05),))]  # a conjunction ruled out row by row
+    lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
+    for prop, expected in zip(cases, ("holds", "violated", "holds", "violated", "holds")):
+        confirm = lambda x, prop=prop: box.contains(x) and bool(prop.violated_by(net.forward(x)))
+        result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 20, confirm=confirm)
+        assert result.status == expected
+        rows = _Rows.of(prop, net.n_outputs)
+        alone = relu_bab.search(net, lo, hi, rows, root_of(net, box, *prop.objective_rows(0)),
+                                deadline=time.perf_counter() + 10,
+                                check=lambda p, prop=prop: next((x.numpy() for x in p if confirm(x.numpy())), None))
+        assert alone.status in (expected, "open")
+    # an exact tie (the threshold is the exact minimum, met at a point) is never proved
+    tie = Property(((C[:1], exact[:1]),))
+    result = bab.relu_split(net, box, tie, deadline=time.perf_counter() + 10, confirm=lambda x: False)
+    assert result.status in ("unknown", "timeout")
