@@ -3,7 +3,8 @@
 Two ways to split, chosen per problem by `verify`:
 
 - `input_split` (few inputs, e.g. ACAS Xu's 5): bisect input boxes. Hundreds of boxes are bounded at once by
-  bounds/symbolic.py (forward symbolic intervals, back-substitution for the unstable neurons). Each box is cut
+  bounds/symbolic.py (forward symbolic intervals over the graph, the engine's backward pass for the unstable
+  neurons and the objective rows). Each box is cut
   down first to where its rows' linear lower bounds can still be <= 0 (`symbolic.clip`), then bisected along the
   dimension whose halving should shrink the most relaxation error (`symbolic.split_scores`). Unproved boxes are
   kept best-first (lowest bound first, where counterexamples are likeliest); their centres and the corners
@@ -11,7 +12,8 @@ Two ways to split, chosen per problem by `verify`:
   once the caller's `confirm` (onnxruntime on the original model) agrees.
 - `relu_split` (many inputs, e.g. MNIST's 784): see its docstring.
 
-Both return a `BabResult`; neither decides soundness questions alone: "holds" needs every piece's bound
+Both work on any network graph (points are evaluated by the network's own forward) and return a `BabResult`;
+neither decides soundness questions alone: "holds" needs every piece's bound
 > PROOF_MARGIN (float64), "violated" needs `confirm`.
 """
 from __future__ import annotations
@@ -23,8 +25,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bounds import symbolic
+from .bounds import engine, symbolic
 from .bounds.base import PROOF_MARGIN, proves
+from .bounds.interval import relu_inputs
 from .network import Network
 from .spec import InputBox, Property
 
@@ -74,47 +77,50 @@ class _Rows:
         k = per_disjunct.argmin(1)
         return k * self.M + lower.view(-1, self.K, self.M)[torch.arange(len(k)), k].argmax(-1)
 
+    def bound(self, network: Network, lo: torch.Tensor, hi: torch.Tensor, relaxations: dict,
+              bounds: dict | None = None) -> tuple:
+        """`engine.linear_rows` of these rows over boxes lo, hi (B, n): (lower (B, K*M), A (B, K*M, n),
+        c (B, K*M), rows reaching each ReLU node)."""
+        return engine.linear_rows(network, lo, hi, self.C[None], self.d[None], relaxations, bounds)
 
-def _unsafe_values(net: symbolic.TorchNet, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
+
+def _unsafe_values(network: Network, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
     """``min_k max_rows (C_k f(x) - d_k)`` (<= 0: unsafe) for points x (P, n), float64 forward."""
-    h = x
-    for i in range(net.depth):
-        h = h @ net.WT[i] + net.b[i]
-        if net.relu_after[i]:
-            h = h.clamp(min=0)
-    values = (h @ rows.C.T + rows.d).view(-1, rows.K, rows.M)  # objective rows C y - d_unsafe
+    values = (network.forward_torch(x) @ rows.C.T + rows.d).view(-1, rows.K, rows.M)  # rows C y - d_unsafe
     return values.amax(-1).amin(-1)
 
 
 class _Bounder:
     """Bounds batches of boxes: a cheap forward-only pass first, the refined pass for what it leaves open."""
 
-    def __init__(self, net: symbolic.TorchNet, rows: _Rows, clip: bool) -> None:
-        self.net, self.rows, self.clip = net, rows, clip
+    def __init__(self, network: Network, rows: _Rows, clip: bool) -> None:
+        self.network, self.rows, self.clip = network, rows, clip
         self.calls = 0
 
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor):
         """Returns (open mask (B,), lo, hi (clipped), worst disjunct bound (B,), split score per unit width (B, n),
         candidate points (B, K + 1, n)) for boxes lo, hi (B, n); entries of proved boxes are meaningless."""
         rows = self.rows
-        self.calls += 1
-        lb = symbolic.propagate(self.net, lo, hi, refine=False)
-        lower, *_ = symbolic.objective_bounds(self.net, lo, hi, lb, rows.C, rows.d)
-        open_ = (rows.disjunct_bounds(lower) <= 0).any(1)
         key = torch.full((lo.shape[0],), torch.inf, dtype=lo.dtype)
         score = torch.zeros_like(lo)
         points = ((lo + hi) / 2).unsqueeze(1).repeat(1, rows.K + 1, 1)
+        if lo.shape[0] == 0:  # every box was left unresolved (operators need a batch of at least one)
+            return torch.zeros(0, dtype=torch.bool), lo, hi, key, score, points
+        self.calls += 1
+        prop = symbolic.propagate(self.network, lo, hi, refine=False)
+        lower, *_ = rows.bound(self.network, lo, hi, prop.relaxations, prop.bounds)
+        open_ = (rows.disjunct_bounds(lower) <= 0).any(1)
         idx = open_.nonzero().flatten()
         if idx.numel() == 0:
             return open_, lo, hi, key, score, points
         self.calls += 1
         lo_o, hi_o = lo[idx], hi[idx]
-        lb = symbolic.propagate(self.net, lo_o, hi_o, refine=True)
-        lower, A, c, lams = symbolic.objective_bounds(self.net, lo_o, hi_o, lb, rows.C, rows.d)
+        prop = symbolic.propagate(self.network, lo_o, hi_o, refine=True)
+        lower, A, c, at_relus = rows.bound(self.network, lo_o, hi_o, prop.relaxations, prop.bounds)
         per_disjunct = rows.disjunct_bounds(lower)  # (b, K)
         worst = per_disjunct.amin(1)
         row = rows.split_row(lower, per_disjunct)
-        unit = symbolic.split_scores(lo_o, hi_o, lb, lams, row) / (hi_o - lo_o).clamp(min=1e-300)
+        unit = symbolic.split_scores(self.network, lo_o, hi_o, prop, at_relus, row) / (hi_o - lo_o).clamp(min=1e-300)
         # candidates: per disjunct the corner minimizing the sum of its rows' linear bounds
         A_sum = A.view(-1, rows.K, rows.M, lo.shape[1]).sum(2)  # padding rows have A = 0
         corner = torch.where(A_sum > 0, lo_o.unsqueeze(1), hi_o.unsqueeze(1))
@@ -156,9 +162,9 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     bounded on wide networks. max_pool: open boxes kept at most (beyond: "unknown").
     """
     start = time.perf_counter()
-    net = symbolic.TorchNet(network)
+    network = network.to("cpu", torch.float64)
     rows = _Rows.of(prop, network.n_outputs)
-    bounder = _Bounder(net, rows, clip)
+    bounder = _Bounder(network, rows, clip)
     root_width = torch.tensor(box.hi - box.lo).clamp(min=1e-300)
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "unresolved": 0}
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
@@ -188,7 +194,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                     extra = side_attack(time.perf_counter() - start)
             if extra is not None:
                 pts = torch.cat([pts, torch.as_tensor(np.asarray(extra, np.float64)).reshape(1, -1)])
-            x, checked = _check_candidates(net, rows, pts, confirm)
+            x, checked = _check_candidates(network, rows, pts, confirm)
             tried += checked
             if x is not None:
                 return finish(VIOLATED, x)
@@ -218,13 +224,13 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
             lo, hi = torch.cat([lo, right_lo]), torch.cat([left_hi, hi])
 
 
-def _check_candidates(net: symbolic.TorchNet, rows: _Rows, points: torch.Tensor, confirm: Callable,
+def _check_candidates(network: Network, rows: _Rows, points: torch.Tensor, confirm: Callable,
                       limit: int = 8) -> tuple[np.ndarray | None, int]:
     """Confirm the candidate points (P, n) that violate in float64, most violating first, at most `limit` of them
     (each check runs onnxruntime). Returns (a confirmed point or None, number checked)."""
     if points.numel() == 0:
         return None, 0
-    values = _unsafe_values(net, rows, points)
+    values = _unsafe_values(network, rows, points)
     checked = 0
     for i in torch.argsort(values)[:limit].tolist():
         if values[i] > 0:
@@ -258,16 +264,19 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     """Exact search over the ReLUs' phases for the disjuncts `open_` (default all) until deadline.
 
     1. For at most bab_seconds: branch and bound on ReLU phases with the root's layer bounds held fixed
-       (layer_bounds [(l, u)] per affine layer, default alpha-CROWN's). A split fixes an unstable neuron active
-       (l := 0) or inactive (u := 0), which makes it exact in the backward pass; sound because each child covers
-       the inputs where the neuron has that phase, and the whole box's layer bounds stay valid on it. Branching:
-       the free unstable neuron of largest |backward coefficient| x triangle height in the worst disjunct's best
-       row (BaBSR-like). One backward pass of the rows per domain: cheap, and enough for properties close to
-       provable; without re-tightened intermediate bounds it stalls on the hard ones.
+       (layer_bounds: flat (l, u) per node of `interval.relu_inputs`, for a dense chain per affine layer; default
+       alpha-CROWN's). A split fixes an unstable neuron (a ReLU node and a flat index) active (l := 0) or inactive
+       (u := 0), which makes it exact in the backward pass (`engine.linear_rows` with each domain's relaxations);
+       sound because each child covers the inputs where the neuron has that phase, and the whole box's layer
+       bounds stay valid on it. Branching: the free unstable neuron of largest |backward coefficient| x triangle
+       height in the worst disjunct's best row (BaBSR-like). One backward pass of the rows per domain: cheap,
+       and enough for properties close to provable; without re-tightened intermediate bounds it stalls on the
+       hard ones.
     2. The disjuncts some open domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds;
        HiGHS branches on the unstable ReLUs): single-row disjuncts in one MILP that only decides ``min > 0`` (it
        stops at the first point below 0), a multi-row disjunct (a conjunction) by one MILP deciding whether
-       ``min_x max_rows > 0`` (`milp.min_max`).
+       ``min_x max_rows > 0`` (`milp.min_max`). Dense chains only so far: on other graphs what phase 1 leaves
+       open ends unknown (timeout past the deadline).
     Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's point, called once
     between the phases, and the MILP's best points) go to `confirm`. Measured on MNIST 256x2 (mnist_fc): phase 1
     settles prop_8_0.03 and prop_14_0.05 in ~0.01 s (the MILP alone: ~4 s), the MILP the rest (<= 9 s).
@@ -275,6 +284,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     from .bounds import dual
 
     start = time.perf_counter()
+    network = network.to("cpu", torch.float64)
     open_ = list(range(len(prop.disjuncts))) if open_ is None else list(open_)
     if layer_bounds is None:
         C = np.vstack([prop.objective_rows(k)[0] for k in open_])
@@ -289,6 +299,9 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         x = side_attack(time.perf_counter() - start)
         if x is not None and confirm(x):
             return BabResult(VIOLATED, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
+    if not network.is_chain:  # milp on graphs: see graph-lp branch
+        status = TIMEOUT if time.perf_counter() > deadline else UNKNOWN
+        return BabResult(status, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     status, x, milp_stats = _milp_phase(network, box, prop, [open_[k] for k in still], layer_bounds, deadline,
                                         confirm)
     stats.update(milp_stats, domains=stats["domains"] + milp_stats["domains"],
@@ -299,15 +312,14 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 def _relu_bab(network: Network, box: InputBox, prop: Property, layer_bounds: list, deadline: float,
               confirm: Callable, max_batch: int, max_pool: int):
     """Phase 1 of relu_split. Returns (status, x, indices of the disjuncts still open somewhere, stats)."""
-    net = symbolic.TorchNet(network)
     rows = _Rows.of(prop, network.n_outputs)
-    root = [(torch.tensor(np.asarray(l, np.float64)), torch.tensor(np.asarray(u, np.float64)))
-            for l, u in layer_bounds]
-    relu = [i for i in range(net.depth) if net.relu_after[i] and i < net.depth - 1]  # splittable layers
-    widths = [root[i][0].numel() for i in relu]
+    root = {k: tuple(torch.tensor(np.asarray(x, np.float64)).reshape(1, *network.nodes[k].op.out_shape)
+                     for x in lu) for k, lu in zip(relu_inputs(network), layer_bounds)}
+    relus = network.relu_nodes
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "relu_bab_domains": 0}
-    states = torch.zeros(1, sum(widths), dtype=torch.int8)  # per domain and hidden neuron: +1 active, -1 inactive
+    # per domain and neuron (the ReLU nodes' flat entries, in order): +1 active, -1 inactive, 0 not split
+    states = torch.zeros(1, network.n_relus, dtype=torch.int8)
     pool, still = None, torch.zeros(rows.K, dtype=torch.bool)
     with torch.no_grad():
         while True:
@@ -315,17 +327,17 @@ def _relu_bab(network: Network, box: InputBox, prop: Property, layer_bounds: lis
             stats["domains"] += B
             stats["relu_bab_domains"] += B
             stats["bound_calls"] += 1
-            lb = _fixed_layer_bounds(net, root, relu, widths, states)
+            relaxations = _domain_relaxations(network, root, states)
             lows, highs = lo.expand(B, -1), hi.expand(B, -1)
-            lower, A, _, lams = symbolic.objective_bounds(net, lows, highs, lb, rows.C, rows.d)
+            lower, A, _, at_relus = rows.bound(network, lows, highs, relaxations)
             per_disjunct = rows.disjunct_bounds(lower)
             open_ = (per_disjunct <= 0).any(1)
             row = rows.split_row(lower, per_disjunct)
             corners = torch.where(A[torch.arange(B), row] > 0, lows, highs)[open_]
-            x, _ = _check_candidates(net, rows, corners, confirm)
+            x, _ = _check_candidates(network, rows, corners, confirm)
             if x is not None:
                 return VIOLATED, x, [], stats
-            score = torch.cat([lams[i][torch.arange(B), row].abs() * symbolic.triangle_height(*lb.bounds[i]) for i in relu], 1)
+            score = torch.cat([_neuron_scores(at_relus.get(r), relaxations[r], row) for r in relus], 1)
             score = torch.where(states == 0, score, torch.zeros_like(score))
             stuck = open_ & (score.amax(1) <= 0)  # nothing left to split: only the MILP can settle it
             still |= (per_disjunct[stuck] <= 0).any(0)
@@ -347,20 +359,26 @@ def _relu_bab(network: Network, box: InputBox, prop: Property, layer_bounds: lis
             states = children
 
 
-def _fixed_layer_bounds(net: symbolic.TorchNet, root: list, relu: list, widths: list, states: torch.Tensor
-                        ) -> symbolic.LayerBounds:
-    """The root's layer bounds for each domain (B = len(states)), split neurons fixed to their phase."""
-    B = states.shape[0]
-    bounds, relax, offset = [], [], 0
-    for i, (l, u) in enumerate(root):
-        l, u = l.expand(B, -1), u.expand(B, -1)
-        if i in relu:
-            s = states[:, offset:offset + widths[relu.index(i)]]
-            offset += s.shape[1]
-            l, u = torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)
-        bounds.append((l, u))
-        relax.append(symbolic.Relax.of(l, u) if net.relu_after[i] else None)
-    return symbolic.LayerBounds(bounds, relax, [None] * len(bounds))
+def _domain_relaxations(network: Network, root: dict, states: torch.Tensor) -> dict:
+    """{ReLU node id: engine.Relaxation (adaptive)} for each domain (B = len(states)): the root's bounds of each
+    ReLU's input (root: {node id: (l, u) (1, *shape)}) with the split neurons fixed to their phase."""
+    B, relaxations, start = states.shape[0], {}, 0
+    for r in network.relu_nodes:
+        l, u = root[network.nodes[r].inputs[0]]
+        size = l[0].numel()
+        s = states[:, start:start + size].reshape(B, *l.shape[1:])
+        start += size
+        l, u = torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)
+        relaxations[r] = engine.relax(l, u, "adaptive")
+    return relaxations
+
+
+def _neuron_scores(rows: torch.Tensor | None, relaxation: engine.Relaxation, row: torch.Tensor) -> torch.Tensor:
+    """|coefficient of row `row` (B,) reaching a ReLU| x its triangle heights (B, size); 0 when no row reaches it."""
+    height = relaxation.upper_offset.reshape(row.shape[0], -1)
+    if rows is None:
+        return torch.zeros_like(height)
+    return symbolic.picked_rows(rows, row).reshape(row.shape[0], -1).abs() * height
 
 
 def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list,

@@ -79,11 +79,14 @@ def _sum_over_shape(x: Tensor) -> Tensor:
 
 
 def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: dict, centre: Tensor,
-             radius: Tensor, alphas: dict | None = None) -> Tensor:
+             radius: Tensor, alphas: dict | None = None, *, record: dict | None = None) -> Tensor:
     """Lower bound (B, K) of ``<A, v_top> + const`` over the boxes, v_top the values of node `top`.
 
     A (B or 1, K, *shape_top), const (B or 1, K); relaxations {ReLU node id: Relaxation} for every ReLU node
     before top; centre, radius (B, n_inputs); alphas {ReLU node id: lower slopes broadcastable to (B, K, *shape)}.
+    record: filled with the rows reaching each ReLU node (before its relaxation) and the input node 0
+    {id: (B or 1, K, *shape)}, and under "const" the rows' constant at the input (B or 1, K): on the boxes,
+    ``<A, v_top> + const >= <record[0], x> + record["const"]`` (no entry 0 when the rows do not reach the input).
     """
     rows = {top: A}
     for k in range(top, 0, -1):
@@ -91,6 +94,8 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             continue
         A, node = rows.pop(k), network.nodes[k]
         if isinstance(node.op, ops.ReLU):
+            if record is not None:
+                record[k] = A
             r = relaxations[k]
             slope = r.lower_slope(None if alphas is None else alphas.get(k))
             pos, neg = A.clamp(min=0), A.clamp(max=0)
@@ -104,6 +109,8 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
                           for p in node.op.backward(A.reshape(-1, *node.op.out_shape)))
         for i, part in zip(node.inputs, parts):
             rows[i] = rows[i] + part if i in rows else part
+    if record is not None:
+        record.update(rows, const=const)
     if 0 not in rows:  # the rows do not depend on the input
         return const.expand(centre.shape[0], -1)
     A = rows[0].reshape(*rows[0].shape[:2], -1)
@@ -242,3 +249,21 @@ def rows_lower(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, b
     lower = backward(network, network.output, A, d, relaxations, (lo + hi) / 2, (hi - lo) / 2, alphas)
     tight = torch.maximum(lower, _interval_rows(network, bounds, C, d))
     return tight.detach() + (lower - lower.detach()) if straight_through else tight
+
+
+def linear_rows(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, relaxations: dict,
+                bounds: dict | None = None) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """The backward pass of the rows C (B or 1, K, n_outputs), d (B or 1, K) over B boxes lo, hi (B, n_inputs),
+    with what it proves besides the bound: returns (lower (B, K), A (B, K, n_inputs), c (B, K), rows) where
+    ``C f(x) + d >= A x + c`` on each box and rows = {ReLU node id: rows reaching it (B or 1, K, *shape)}.
+    With bounds (every node's, as `node_bounds`) lower is also intersected with the rows' interval bounds."""
+    record: dict = {}
+    A = C.reshape(*C.shape[:2], *network.output_shape)
+    lower = backward(network, network.output, A, d, relaxations, (lo + hi) / 2, (hi - lo) / 2, record=record)
+    shape = (lo.shape[0], C.shape[1])
+    inputs = record.pop(0, None)
+    inputs = C.new_zeros(*shape, lo.shape[1]) if inputs is None else inputs.reshape(*inputs.shape[:2], -1)
+    c = record.pop("const").expand(shape)
+    if bounds is not None:
+        lower = torch.maximum(lower, _interval_rows(network, bounds, C, d))
+    return lower, inputs.expand(*shape, -1), c, record
