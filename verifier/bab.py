@@ -1,19 +1,18 @@
 """Branch and bound: split the problem until every piece is proved safe or a counterexample turns up.
 
-Two ways to split, chosen per problem by `verify`:
+Two ways to split, chosen per problem by `verify`; both work on any network graph:
 
 - `input_split` (few inputs, e.g. ACAS Xu's 5): bisect input boxes. Hundreds of boxes are bounded at once by
   bounds/symbolic.py (forward symbolic intervals over the graph, the engine's backward pass for the unstable
-  neurons and the objective rows). Each box is cut
-  down first to where its rows' linear lower bounds can still be <= 0 (`symbolic.clip`), then bisected along the
-  dimension whose halving should shrink the most relaxation error (`symbolic.split_scores`). Unproved boxes are
-  kept best-first (lowest bound first, where counterexamples are likeliest); their centres and the corners
-  minimizing their linear bounds are evaluated, and a point that reaches an unsafe conjunction ends the search
-  once the caller's `confirm` (onnxruntime on the original model) agrees.
+  neurons and the rows). Each box is cut down first to where its rows' linear lower bounds can still be <= 0
+  (`symbolic.clip`), then bisected along the dimension whose halving should shrink the most relaxation error
+  (`symbolic.split_scores`). Unproved boxes are kept best-first (lowest bound first, where counterexamples are
+  likeliest); their centres and the corners minimizing their linear bounds are evaluated (the network's forward),
+  and a point that reaches an unsafe conjunction ends the search once the caller's `confirm` (onnxruntime on the
+  original model) agrees.
 - `relu_split` (many inputs, e.g. MNIST's 784): see its docstring.
 
-Both work on any network graph (points are evaluated by the network's own forward) and return a `BabResult`;
-neither decides soundness questions alone: "holds" needs every piece's bound
+Both return a `BabResult`; neither decides soundness questions alone: "holds" needs every piece's bound
 > PROOF_MARGIN (float64), "violated" needs `confirm`.
 """
 from __future__ import annotations
@@ -79,8 +78,7 @@ class _Rows:
 
     def bound(self, network: Network, lo: torch.Tensor, hi: torch.Tensor, relaxations: dict,
               bounds: dict | None = None) -> tuple:
-        """`engine.linear_rows` of these rows over boxes lo, hi (B, n): (lower (B, K*M), A (B, K*M, n),
-        c (B, K*M), rows reaching each ReLU node)."""
+        """`engine.linear_rows` of these rows over boxes lo, hi (B, n)."""
         return engine.linear_rows(network, lo, hi, self.C[None], self.d[None], relaxations, bounds)
 
 
@@ -376,9 +374,7 @@ def _domain_relaxations(network: Network, root: dict, states: torch.Tensor) -> d
 def _neuron_scores(rows: torch.Tensor | None, relaxation: engine.Relaxation, row: torch.Tensor) -> torch.Tensor:
     """|coefficient of row `row` (B,) reaching a ReLU| x its triangle heights (B, size); 0 when no row reaches it."""
     height = relaxation.upper_offset.reshape(row.shape[0], -1)
-    if rows is None:
-        return torch.zeros_like(height)
-    return symbolic.picked_rows(rows, row).reshape(row.shape[0], -1).abs() * height
+    return height * (0.0 if rows is None else symbolic.picked_rows(rows, row).reshape(row.shape[0], -1).abs())
 
 
 def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list,

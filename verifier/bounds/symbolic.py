@@ -203,7 +203,8 @@ def split_scores(network: Network, lo: Tensor, hi: Tensor, prop: Propagation, ro
         l, u = prop.bounds[i]
         height = prop.relaxations[r].upper_offset[:, 0]  # 0 where stable
         weight = picked_rows(lam, row).abs() * height / (u - l).clamp(min=1e-300)
-        score = score + torch.einsum("bs,bns->bn", weight.reshape(B, -1), prop.coef[i].abs().reshape(B, lo.shape[1], -1))
+        coef = prop.coef[i].abs().reshape(B, lo.shape[1], -1)
+        score = score + torch.einsum("bs,bns->bn", weight.reshape(B, -1), coef)
     return score * (hi - lo)
 
 
