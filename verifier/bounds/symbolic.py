@@ -77,13 +77,19 @@ def _through(op, inputs: list) -> tuple[Tensor, Tensor]:
     return _with_offset(mid - rad, op.offset), _with_offset(mid + rad, op.offset)
 
 
-def _concretize(f: Tensor, centre: Tensor, radius: Tensor, upper: bool) -> Tensor:
-    """min (or max) over each box of the functions f (B, n + 1, *shape); centre, radius (B, n) -> (B, *shape)."""
-    flat = f.reshape(*f.shape[:2], -1)
-    A, c = flat[:, :-1], flat[:, -1]
-    mid = torch.einsum("bn,bns->bs", centre, A) + c
-    spread = torch.einsum("bn,bns->bs", radius, A.abs())
-    return (mid + spread if upper else mid - spread).reshape(f.shape[0], *f.shape[2:])
+def _concretize(low: Tensor, up: Tensor, centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """The min of the lower functions and the max of the upper ones (B, n + 1, *shape) over each box; centre,
+    radius (B, n) -> (B, *shape) each."""
+    shape, centre, radius = (low.shape[0], *low.shape[2:]), centre.unsqueeze(1), radius.unsqueeze(1)
+
+    def mid_spread(f: Tensor) -> tuple[Tensor, Tensor]:
+        flat = f.reshape(*f.shape[:2], -1)
+        A = flat[:, :-1]
+        return (centre @ A).squeeze(1) + flat[:, -1], (radius @ A.abs()).squeeze(1)
+
+    low_mid, low_spread = mid_spread(low)
+    up_mid, up_spread = (low_mid, low_spread) if up is low else mid_spread(up)
+    return (low_mid - low_spread).reshape(shape), (up_mid + up_spread).reshape(shape)
 
 
 def _without_refinement(network: Network) -> set[int]:
@@ -130,8 +136,8 @@ def propagate(network: Network, lo: Tensor, hi: Tensor, refine: bool = True) -> 
         else:
             low, up = funcs[k] = _through(node.op, [funcs[i] for i in node.inputs])
             l, u = interval_step(network, k, bounds)
-            l = torch.maximum(l, _concretize(low, centre, radius, upper=False))
-            u = torch.minimum(u, _concretize(up, centre, radius, upper=True))
+            sym_l, sym_u = _concretize(low, up, centre, radius)
+            l, u = torch.maximum(l, sym_l), torch.minimum(u, sym_u)
             if k in tighten:
                 l, u = _refine(network, k, l, u, relaxations, centre, radius)
             bounds[k] = (l, u)
@@ -143,10 +149,12 @@ def propagate(network: Network, lo: Tensor, hi: Tensor, refine: bool = True) -> 
     return Propagation(bounds, relaxations, coef)
 
 
+_RELAXATION_FIELDS = tuple(f.name for f in dataclasses.fields(engine.Relaxation))
+
+
 def _take(relaxation: engine.Relaxation, boxes: Tensor) -> engine.Relaxation:
     """The relaxation of the boxes `boxes` (P,) (repeats allowed): tensors (P, 1, *shape)."""
-    return engine.Relaxation(**{f.name: getattr(relaxation, f.name)[boxes]
-                                for f in dataclasses.fields(relaxation)})
+    return engine.Relaxation(**{name: getattr(relaxation, name)[boxes] for name in _RELAXATION_FIELDS})
 
 
 def _refine(network: Network, k: int, l: Tensor, u: Tensor, relaxations: dict, centre: Tensor, radius: Tensor
@@ -204,7 +212,7 @@ def split_scores(network: Network, lo: Tensor, hi: Tensor, prop: Propagation, ro
         height = prop.relaxations[r].upper_offset[:, 0]  # 0 where stable
         weight = picked_rows(lam, row).abs() * height / (u - l).clamp(min=1e-300)
         coef = prop.coef[i].abs().reshape(B, lo.shape[1], -1)
-        score = score + torch.einsum("bs,bns->bn", weight.reshape(B, -1), coef)
+        score = score + (coef @ weight.reshape(B, -1, 1)).squeeze(-1)
     return score * (hi - lo)
 
 
