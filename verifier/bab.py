@@ -1,14 +1,15 @@
 """Branch and bound: split the problem until every piece is proved safe or a counterexample turns up.
 
-Two ways to split, chosen per problem by `verify`:
+Two ways to split, chosen per problem by `verify`; both work on any network graph:
 
 - `input_split` (few inputs, e.g. ACAS Xu's 5): bisect input boxes. Hundreds of boxes are bounded at once by
-  bounds/symbolic.py (forward symbolic intervals, back-substitution for the unstable neurons). Each box is cut
-  down first to where its rows' linear lower bounds can still be <= 0 (`symbolic.clip`), then bisected along the
-  dimension whose halving should shrink the most relaxation error (`symbolic.split_scores`). Unproved boxes are
-  kept best-first (lowest bound first, where counterexamples are likeliest); their centres and the corners
-  minimizing their linear bounds are evaluated, and a point that reaches an unsafe conjunction ends the search
-  once the caller's `confirm` (onnxruntime on the original model) agrees.
+  bounds/symbolic.py (forward symbolic intervals over the graph, the engine's backward pass for the unstable
+  neurons and the rows). Each box is cut down first to where its rows' linear lower bounds can still be <= 0
+  (`symbolic.clip`), then bisected along the dimension whose halving should shrink the most relaxation error
+  (`symbolic.split_scores`). Unproved boxes are kept best-first (lowest bound first, where counterexamples are
+  likeliest); their centres and the corners minimizing their linear bounds are evaluated (the network's forward),
+  and a point that reaches an unsafe conjunction ends the search once the caller's `confirm` (onnxruntime on the
+  original model) agrees.
 - `relu_split` (many inputs, e.g. MNIST's 784): see its docstring.
 
 Both return a `BabResult`; neither decides soundness questions alone: "holds" needs every piece's bound
@@ -23,9 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bounds import symbolic
+from .bounds import engine, symbolic
 from .bounds.base import PROOF_MARGIN, proves
 from .bounds.interval import relu_inputs
+from .relu_bab import merge_pool, pop_lowest, search
 from .network import Network
 from .spec import InputBox, Property
 
@@ -77,47 +79,49 @@ class _Rows:
         k = per_disjunct.argmin(1)
         return k * self.M + lower.view(-1, self.K, self.M)[torch.arange(len(k)), k].argmax(-1)
 
+    def bound(self, network: Network, lo: torch.Tensor, hi: torch.Tensor, relaxations: dict,
+              bounds: dict | None = None) -> tuple:
+        """`engine.linear_rows` of these rows over boxes lo, hi (B, n)."""
+        return engine.linear_rows(network, lo, hi, self.C[None], self.d[None], relaxations, bounds)
 
-def _unsafe_values(net: symbolic.TorchNet, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
+
+def _unsafe_values(network: Network, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
     """``min_k max_rows (C_k f(x) - d_k)`` (<= 0: unsafe) for points x (P, n), float64 forward."""
-    h = x
-    for i in range(net.depth):
-        h = h @ net.WT[i] + net.b[i]
-        if net.relu_after[i]:
-            h = h.clamp(min=0)
-    values = (h @ rows.C.T + rows.d).view(-1, rows.K, rows.M)  # objective rows C y - d_unsafe
+    values = (network.forward_torch(x) @ rows.C.T + rows.d).view(-1, rows.K, rows.M)  # rows C y - d_unsafe
     return values.amax(-1).amin(-1)
 
 
 class _Bounder:
     """Bounds batches of boxes: a cheap forward-only pass first, the refined pass for what it leaves open."""
 
-    def __init__(self, net: symbolic.TorchNet, rows: _Rows, clip: bool) -> None:
-        self.net, self.rows, self.clip = net, rows, clip
+    def __init__(self, network: Network, rows: _Rows, clip: bool) -> None:
+        self.network, self.rows, self.clip = network, rows, clip
         self.calls = 0
 
     def __call__(self, lo: torch.Tensor, hi: torch.Tensor):
         """Returns (open mask (B,), lo, hi (clipped), worst disjunct bound (B,), split score per unit width (B, n),
         candidate points (B, K + 1, n)) for boxes lo, hi (B, n); entries of proved boxes are meaningless."""
         rows = self.rows
-        self.calls += 1
-        lb = symbolic.propagate(self.net, lo, hi, refine=False)
-        lower, *_ = symbolic.objective_bounds(self.net, lo, hi, lb, rows.C, rows.d)
-        open_ = (rows.disjunct_bounds(lower) <= 0).any(1)
         key = torch.full((lo.shape[0],), torch.inf, dtype=lo.dtype)
         score = torch.zeros_like(lo)
         points = ((lo + hi) / 2).unsqueeze(1).repeat(1, rows.K + 1, 1)
+        if lo.shape[0] == 0:  # every box was left unresolved (operators need a batch of at least one)
+            return torch.zeros(0, dtype=torch.bool), lo, hi, key, score, points
+        self.calls += 1
+        prop = symbolic.propagate(self.network, lo, hi, refine=False)
+        lower, *_ = rows.bound(self.network, lo, hi, prop.relaxations, prop.bounds)
+        open_ = (rows.disjunct_bounds(lower) <= 0).any(1)
         idx = open_.nonzero().flatten()
         if idx.numel() == 0:
             return open_, lo, hi, key, score, points
         self.calls += 1
         lo_o, hi_o = lo[idx], hi[idx]
-        lb = symbolic.propagate(self.net, lo_o, hi_o, refine=True)
-        lower, A, c, lams = symbolic.objective_bounds(self.net, lo_o, hi_o, lb, rows.C, rows.d)
+        prop = symbolic.propagate(self.network, lo_o, hi_o, refine=True)
+        lower, A, c, at_relus = rows.bound(self.network, lo_o, hi_o, prop.relaxations, prop.bounds)
         per_disjunct = rows.disjunct_bounds(lower)  # (b, K)
         worst = per_disjunct.amin(1)
         row = rows.split_row(lower, per_disjunct)
-        unit = symbolic.split_scores(lo_o, hi_o, lb, lams, row) / (hi_o - lo_o).clamp(min=1e-300)
+        unit = symbolic.split_scores(self.network, lo_o, hi_o, prop, at_relus, row) / (hi_o - lo_o).clamp(min=1e-300)
         # candidates: per disjunct the corner minimizing the sum of its rows' linear bounds
         A_sum = A.view(-1, rows.K, rows.M, lo.shape[1]).sum(2)  # padding rows have A = 0
         corner = torch.where(A_sum > 0, lo_o.unsqueeze(1), hi_o.unsqueeze(1))
@@ -159,9 +163,9 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     bounded on wide networks. max_pool: open boxes kept at most (beyond: "unknown").
     """
     start = time.perf_counter()
-    net = symbolic.TorchNet(network)
+    network = network.to("cpu", torch.float64)
     rows = _Rows.of(prop, network.n_outputs)
-    bounder = _Bounder(net, rows, clip)
+    bounder = _Bounder(network, rows, clip)
     root_width = torch.tensor(box.hi - box.lo).clamp(min=1e-300)
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "unresolved": 0}
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
@@ -191,11 +195,11 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                     extra = side_attack(time.perf_counter() - start)
             if extra is not None:
                 pts = torch.cat([pts, torch.as_tensor(np.asarray(extra, np.float64)).reshape(1, -1)])
-            x, checked = _check_candidates(net, rows, pts, confirm)
+            x, checked = _check_candidates(network, rows, pts, confirm)
             tried += checked
             if x is not None:
                 return finish(VIOLATED, x)
-            pool = _merge(pool, key[open_], lo[open_], hi[open_], score[open_])
+            pool = merge_pool(pool, key[open_], lo[open_], hi[open_], score[open_])
             stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
             if len(pool[0]) == 0:
                 return finish(UNKNOWN if stats["unresolved"] else HOLDS)
@@ -203,7 +207,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                 return finish(TIMEOUT)
             if len(pool[0]) > max_pool:
                 return finish(UNKNOWN)
-            (lo, hi, score), pool = _pop(pool, batch)
+            (lo, hi, score), pool = pop_lowest(pool, batch)
             # bisect along the best-scoring dimension (widest relative one when no score says anything)
             width = hi - lo
             gain = score * width
@@ -221,13 +225,13 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
             lo, hi = torch.cat([lo, right_lo]), torch.cat([left_hi, hi])
 
 
-def _check_candidates(net: symbolic.TorchNet, rows: _Rows, points: torch.Tensor, confirm: Callable,
+def _check_candidates(network: Network, rows: _Rows, points: torch.Tensor, confirm: Callable,
                       limit: int = 8) -> tuple[np.ndarray | None, int]:
     """Confirm the candidate points (P, n) that violate in float64, most violating first, at most `limit` of them
     (each check runs onnxruntime). Returns (a confirmed point or None, number checked)."""
     if points.numel() == 0:
         return None, 0
-    values = _unsafe_values(net, rows, points)
+    values = _unsafe_values(network, rows, points)
     checked = 0
     for i in torch.argsort(values)[:limit].tolist():
         if values[i] > 0:
@@ -237,21 +241,6 @@ def _check_candidates(net: symbolic.TorchNet, rows: _Rows, points: torch.Tensor,
         if confirm(x):
             return x, checked
     return None, checked
-
-
-def _merge(pool: tuple | None, *parts: torch.Tensor) -> tuple:
-    """Append domains to a pool: a tuple (key (N,), tensors (N, ...)...) of the same layout as parts."""
-    return parts if pool is None else tuple(torch.cat([a, b]) for a, b in zip(pool, parts))
-
-
-def _pop(pool: tuple, batch: int) -> tuple[tuple, tuple]:
-    """The `batch` domains of lowest key (their tensors, key left out) and the rest of the pool."""
-    key = pool[0]
-    if len(key) <= batch:
-        return pool[1:], tuple(t[:0] for t in pool)
-    order = torch.argsort(key)
-    take, rest = order[:batch], order[batch:]
-    return tuple(t[take] for t in pool[1:]), tuple(t[rest] for t in pool)
 
 
 def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int] | None = None, *,
@@ -270,10 +259,10 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's points, the MILP's
     best points) go to `confirm`.
     """
-    from . import relu_bab
     from .bounds import dual
 
     start = time.perf_counter()
+    network = network.to("cpu", torch.float64)
     open_ = list(range(len(prop.disjuncts))) if open_ is None else list(open_)
     if layer_bounds is None:
         C = np.vstack([prop.objective_rows(k)[0] for k in open_])
@@ -287,10 +276,9 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
                                                                       for r in network.relu_nodes))
     use_milp = splittable <= MILP_MAX_SPLITTABLE
     phase1_end = start + milp_after * (deadline - start) if use_milp else deadline
-    net = symbolic.TorchNet(network)
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
-    result = relu_bab.search(network, lo, hi, rows, root, deadline=phase1_end, side_attack=side_attack,
-                             check=lambda points: _check_candidates(net, rows, points, confirm)[0])
+    result = search(network, lo, hi, rows, root, deadline=phase1_end, side_attack=side_attack,
+                             check=lambda points: _check_candidates(network, rows, points, confirm)[0])
     stats = dict(result.stats)
     if result.status == "violated":
         return BabResult(VIOLATED, result.x, dict(stats, seconds=round(time.perf_counter() - start, 4)))

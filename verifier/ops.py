@@ -7,6 +7,8 @@ attribute (axes, perms, pads) applies to them unchanged; an image operator reads
 The protocol of a linear operator (`Linear`), for inputs x_1..x_m of `in_shapes` and the output of `out_shape`:
 
 - ``forward(*xs)``: the map with its offset, on a batch: (N, *in_shapes[i]) each -> (N, *out_shape);
+- ``linear(*xs)``: the map without its offset, ``op(x) - op(0)`` (symbolic bounds push linear functions of the
+  network input through it);
 - ``backward(A)``: the transpose of the linear part applied to a batch of rows: A (M, *out_shape) -> a tuple of
   (M, *in_shapes[i]), one per input, with ``<A, op(x) - op(0)> = sum_i <backward(A)[i], x_i>`` (convolutions use
   ``conv_transpose2d``: no operator is ever expanded into a dense matrix here);
@@ -81,6 +83,11 @@ class Linear:
     def offset(self) -> Tensor | None:
         return None
 
+    def linear(self, *xs: Tensor) -> Tensor:  # operators with an offset override this
+        if self.offset is not None:
+            raise NotImplementedError(f"{type(self).__name__} has an offset: it must define linear()")
+        return self.forward(*xs)
+
     def forward_abs(self, *xs: Tensor) -> Tensor:  # for maps whose coefficients are all >= 0 (selections)
         return self.forward(*xs)
 
@@ -97,6 +104,9 @@ class Dense(Linear):
     def forward(self, x: Tensor) -> Tensor:
         y = x.reshape(x.shape[0], -1) @ self.weight.T
         return (y if self.bias is None else y + self.bias).reshape(x.shape[0], *self.out_shape)
+
+    def linear(self, x: Tensor) -> Tensor:
+        return (x.reshape(x.shape[0], -1) @ self.weight.T).reshape(x.shape[0], *self.out_shape)
 
     def backward(self, A: Tensor) -> tuple[Tensor]:
         return ((A.reshape(A.shape[0], -1) @ self.weight).reshape(A.shape[0], *self.in_shape),)
@@ -154,6 +164,9 @@ class Conv2d(Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv(x, self.weight, self.bias)
+
+    def linear(self, x: Tensor) -> Tensor:
+        return self.forward(x) if self.bias is None else self._conv(x, self.weight, None)
 
     def forward_abs(self, x: Tensor) -> Tensor:
         return self._conv(x, self.weight.abs(), None)
@@ -237,6 +250,9 @@ class Elementwise(Linear):
     def forward(self, x: Tensor) -> Tensor:
         y = x if self.scale is None else x * self.scale
         return y if self.shift is None else y + self.shift
+
+    def linear(self, x: Tensor) -> Tensor:
+        return x if self.scale is None else x * self.scale
 
     def backward(self, A: Tensor) -> tuple[Tensor]:
         return (A if self.scale is None else A * self.scale,)

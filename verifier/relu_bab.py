@@ -38,7 +38,7 @@ import torch
 
 from .bounds import engine
 from .bounds.base import PROOF_MARGIN
-from .bounds.alpha import _adam, _full
+from .bounds.alpha import adam_step, scatter_columns
 from .network import Network
 
 Tensor = torch.Tensor
@@ -134,8 +134,8 @@ class _Problem:
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
 
         def run(a: Tensor, b: Tensor, record: dict | None = None) -> Tensor:
-            alphas = {r: _full(self.shapes[r], self.cols[r], a[:, :, self.slices[r]]) for r in self.relus}
-            betas = {r: -_full(self.shapes[r], self.cols[r], b[:, :, self.slices[r]]) * sign[r].unsqueeze(1)
+            alphas = {r: scatter_columns(self.shapes[r], self.cols[r], a[:, :, self.slices[r]]) for r in self.relus}
+            betas = {r: -scatter_columns(self.shapes[r], self.cols[r], b[:, :, self.slices[r]]) * sign[r].unsqueeze(1)
                      for r in self.relus}
             return engine.backward(self.network, self.network.output, C, d, relax, centre, radius, alphas,
                                    betas=betas, record=record)
@@ -150,8 +150,8 @@ class _Problem:
             objective = torch.where(torch.isfinite(lower), lower, torch.zeros_like(lower)).sum()
             grads = torch.autograd.grad(objective, leaves)
             with torch.no_grad():
-                _adam(leaves[:1], grads[:1], moments[:1], step, lr)
-                _adam(leaves[1:], grads[1:], moments[1:], step, lr, upper=None)
+                adam_step(leaves[:1], grads[:1], moments[:1], step, lr)
+                adam_step(leaves[1:], grads[1:], moments[1:], step, lr, upper=None)
         record: dict = {}
         with torch.no_grad():  # rows are independent in the pass: the best slopes of each row reproduce its best
             lower = run(best_a, best_b, record)
@@ -232,7 +232,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             still[disjunct[stuck[~proved]]] = True
             open_[stuck[~proved]] = False
             stats["stuck"] = stats.get("stuck", 0) + stuck.numel()
-        pool = _merge(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
+        pool = merge_pool(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
                       beta[open_].float(), score[open_])
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
         if len(pool[0]) == 0:
@@ -240,7 +240,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         if time.perf_counter() > deadline or len(pool[0]) > max_pool:
             still[pool[2]] = True
             return finish("open")
-        (splits, disjunct, alpha, beta, score), pool = _pop(pool, batch)
+        (splits, disjunct, alpha, beta, score), pool = pop_lowest(pool, batch)
         choice = score.argmax(1)
         n = splits.shape[0]
         splits = splits.repeat(2, 1)
@@ -249,12 +249,12 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         disjunct, alpha, beta = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1)
 
 
-def _merge(pool: tuple | None, *parts: Tensor) -> tuple:
+def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:
     """Append domains to a pool: a tuple (key (P,), tensors (P, ...)...) of the same layout as parts."""
     return parts if pool is None else tuple(torch.cat([a, b]) for a, b in zip(pool, parts))
 
 
-def _pop(pool: tuple, batch: int) -> tuple[tuple, tuple]:
+def pop_lowest(pool: tuple, batch: int) -> tuple[tuple, tuple]:
     """The `batch` domains of lowest key (their tensors, key left out) and the rest of the pool."""
     key = pool[0]
     if len(key) <= batch:

@@ -11,9 +11,9 @@ Phases (`verify`): a short falsification (PGD, attacks.falsify); then, for netwo
 (<= INPUT_SPLIT_MAX_INPUTS, e.g. ACAS Xu), input-splitting branch and bound (bab.input_split: its root bound is
 the dual/CROWN bound of the whole box; it checks candidate points as it splits, and a full falsification runs
 beside it now and then); for larger inputs the dual pass with adaptive then optimized slopes, then branch and
-bound on ReLUs (bab.relu_split: a cheap split phase, a longer falsification, then the MILP). Networks that are not
-dense chains (convolutions, pooling, residual blocks) get the falsification and the dual passes (the bound
-engine), then a longer falsification; branch and bound does not support them yet, so they end unknown there.
+bound on ReLUs (bab.relu_split: a cheap split phase, a longer falsification, then the MILP). Any network graph
+(convolutions, pooling, residual blocks) takes the same path; the MILP needs a dense chain so far, so on other
+graphs what the cheap split phase leaves open ends unknown.
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
     phase("falsify", t0)
     if quick.success and (found := violated(quick.x)) is not None:
         return found
-    if network.n_inputs <= INPUT_SPLIT_MAX_INPUTS and network.is_chain:
+    if network.n_inputs <= INPUT_SPLIT_MAX_INPUTS:
         t0 = time.perf_counter()
         result = bab.input_split(network, box, prop, deadline=deadline,
                                  confirm=lambda x: checker(box, prop, x) is not None,
@@ -144,13 +144,6 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase)
         phase(name, t0)
         if not open_:
             return Verdict(HOLDS, None, stats)
-    if not network.is_chain:  # branch and bound needs a dense chain so far: a longer falsification, then unknown
-        t0 = time.perf_counter()
-        found = _SideAttack(network, box, prop, seed, deadline, first=0.0)(0.0)
-        phase("falsify_long", t0)
-        if found is not None and (found := checker(box, prop, found)) is not None:
-            return Verdict(VIOLATED, found, stats)
-        return Verdict(UNKNOWN if deadline > time.perf_counter() else TIMEOUT, None, stats)
     t0 = time.perf_counter()
     result = bab.relu_split(network, box, prop, open_, deadline=deadline, layer_bounds=layer_bounds,
                             confirm=lambda x: checker(box, prop, x) is not None,

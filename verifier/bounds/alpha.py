@@ -30,7 +30,7 @@ Tensor = torch.Tensor
 INTERMEDIATE_BUDGET = 2e7  # held row entries of the intermediate passes above which they keep adaptive slopes
 
 
-def _full(shape: tuple, cols: Tensor, values: Tensor) -> Tensor:
+def scatter_columns(shape: tuple, cols: Tensor, values: Tensor) -> Tensor:
     """Slopes (B, R, *shape) that are `values` (B, R, c) at the flat entries cols (c,) and 0 elsewhere (entries
     that stay stable, whose slope is never read)."""
     B, R, _ = values.shape
@@ -38,7 +38,7 @@ def _full(shape: tuple, cols: Tensor, values: Tensor) -> Tensor:
     return flat.index_copy(2, cols, values).reshape(B, R, *shape)
 
 
-def _adam(leaves: list, grads: tuple, moments: list, step: int, rate: float, upper: float | None = 1.0) -> None:
+def adam_step(leaves: list, grads: tuple, moments: list, step: int, rate: float, upper: float | None = 1.0) -> None:
     """One Adam ascent step in place, projected on [0, upper] (written out: torch.optim costs seconds to import)."""
     for p, g, (m, v) in zip(leaves, grads, moments):
         if g is not None:
@@ -93,12 +93,12 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
     for step in range(1, iterations + 1):
         if deadline is not None and time.perf_counter() > deadline:
             break
-        alphas = {k: (idx, {r: _full(shapes[r], cols[r], p) for r, p in params.items()})
+        alphas = {k: (idx, {r: scatter_columns(shapes[r], cols[r], p) for r, p in params.items()})
                   for k, (idx, params) in entries.items()}
         now, relax_now = engine.node_bounds(network, lo, hi, "adaptive", given, reference=bounds, alphas=alphas,
                                             straight_through=True, output_pass=False)
         lower = engine.rows_lower(network, lo, hi, C, d, now, relax_now,
-                                  {r: _full(shapes[r], cols[r], p) for r, p in rows.items()}, straight_through=True)
+                                  {r: scatter_columns(shapes[r], cols[r], p) for r, p in rows.items()}, straight_through=True)
         with torch.no_grad():
             better = lower > best
             best = torch.where(better, lower, best)
@@ -107,10 +107,10 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
                            for k, (bl, bu) in best_bounds.items()}
         grads = torch.autograd.grad(lower.sum(), leaves, allow_unused=True)
         with torch.no_grad():
-            _adam(leaves, grads, moments, step, lr * decay ** (step - 1))
+            adam_step(leaves, grads, moments, step, lr * decay ** (step - 1))
     with torch.no_grad():  # the best rows' slopes with the best layer bounds: sound, and possibly better still
         fixed = {k: best_bounds[k] for k in pre | {network.output}}
         bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", fixed)
-        slopes = {r: _full(shapes[r], cols[r], p) for r, p in best_rows.items()}
+        slopes = {r: scatter_columns(shapes[r], cols[r], p) for r, p in best_rows.items()}
         final = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations, slopes)
     return torch.maximum(best, final), bounds, relaxations, slopes

@@ -20,9 +20,6 @@ def proves(lower):
     return lower > PROOF_MARGIN
 
 
-LayerBounds = list  # [(l, u)] per affine layer: pre-activation bounds, arrays (width_i,) float64; last = outputs
-
-
 @dataclass(frozen=True, eq=False)
 class BoundResult:
     """Lower bounds of ``C @ f(x) + d`` over an input box.

@@ -88,7 +88,9 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     before top; centre, radius (B, n_inputs); alphas {ReLU node id: lower slopes broadcastable to (B, K, *shape)}.
     betas {ReLU node id: (B, K, *shape)}: added to the rows reaching that ReLU's input (a Lagrangian term
     ``<beta, z>`` of split constraints, see relu_bab.py). record: a dict filled with the rows reaching each ReLU
-    node {id: (B or 1, K, *shape)} (before its relaxation) and the input coefficients {0: (B or 1, K, n_inputs)}.
+    node {id: (B or 1, K, *shape)} (before its relaxation), the input coefficients {0: (B or 1, K, n_inputs)}
+    (zeros when the rows do not reach the input) and under "const" the rows' constant (B or 1, K): on the boxes,
+    ``<A, v_top> + const >= <record[0], x> + record["const"]``.
     """
     rows = {top: A}
     for k in range(top, 0, -1):
@@ -115,7 +117,7 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             rows[i] = rows[i] + part if i in rows else part
     A = rows[0].reshape(*rows[0].shape[:2], -1) if 0 in rows else torch.zeros_like(centre).unsqueeze(1)
     if record is not None:
-        record[0] = A
+        record.update({0: A, "const": const})
     return const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
 
 
@@ -251,3 +253,21 @@ def rows_lower(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, b
     lower = backward(network, network.output, A, d, relaxations, (lo + hi) / 2, (hi - lo) / 2, alphas)
     tight = torch.maximum(lower, _interval_rows(network, bounds, C, d))
     return tight.detach() + (lower - lower.detach()) if straight_through else tight
+
+
+def linear_rows(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, relaxations: dict,
+                bounds: dict | None = None) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """The backward pass of the rows C (B or 1, K, n_outputs), d (B or 1, K) over B boxes lo, hi (B, n_inputs),
+    with what it proves besides the bound: returns (lower (B, K), A (B, K, n_inputs), c (B, K), rows) where
+    ``C f(x) + d >= A x + c`` on each box and rows = {ReLU node id: rows reaching it (B or 1, K, *shape)}.
+    With bounds (every node's, as `node_bounds`) lower is also intersected with the rows' interval bounds."""
+    record: dict = {}
+    A = C.reshape(*C.shape[:2], *network.output_shape)
+    lower = backward(network, network.output, A, d, relaxations, (lo + hi) / 2, (hi - lo) / 2, record=record)
+    shape = (lo.shape[0], C.shape[1])
+    inputs = record.pop(0, None)
+    inputs = C.new_zeros(*shape, lo.shape[1]) if inputs is None else inputs.reshape(*inputs.shape[:2], -1)
+    c = record.pop("const").expand(shape)
+    if bounds is not None:
+        lower = torch.maximum(lower, _interval_rows(network, bounds, C, d))
+    return lower, inputs.expand(*shape, -1), c, record

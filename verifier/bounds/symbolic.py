@@ -1,231 +1,218 @@
-"""Symbolic interval bounds for MANY small input boxes at once: the bounding engine of input splitting.
+"""Symbolic interval bounds for MANY small input boxes at once, on any network graph: the bounding engine of input
+splitting.
 
-For networks with few inputs (ACAS Xu has 5) a linear function of the input is a short vector, so every neuron's
-lower and upper linear bounds in terms of x can be pushed FORWARD through the network cheaply (B boxes, n inputs,
-width w: tensors (B, n, w)). Concretized over the box they give the layer bounds ("symbolic intervals"). That is
-loose deep in a network: each layer's upper and lower functions are relaxed independently. So, layer by layer,
-the neurons the forward bounds leave unstable are re-bounded by a backward pass to the input (CROWN's
-back-substitution), one (box, neuron) pair at a time in a batch: only the unstable pairs pay for depth, and the
-tightened bounds feed the relaxations (and the forward functions) of the next layers.
+For networks with few inputs (ACAS Xu has 5) a linear function of the input is a short vector, so every node's
+lower and upper linear bounds in terms of x can be pushed FORWARD through the graph cheaply, in topological order.
+A node's functions are tensors (B, n + 1, *shape) for B boxes and n inputs: slots 0..n-1 the coefficients on x,
+slot n the constant. Through a linear operator, from its inputs' lower and upper functions a <= b:
+``lower = W+ a + W- b = W (a + b)/2 - |W| (b - a)/2`` and ``upper = W (a + b)/2 + |W| (b - a)/2``, with the
+operator's `linear` map on the mid and `forward_abs` on the radius (the n + 1 slots are extra batch), its offset
+added to the constant. Through a ReLU: the engine's relaxation (`engine.relax`, adaptive slopes) of its input's
+bounds, the lower slope times the lower function, the upper line on the upper function. Concretized over the box
+the functions give each node's bounds, intersected with plain intervals (`interval.interval_step`).
 
-The objective rows ``C f(x) + d`` get a full backward pass; its result is also a linear lower bound
-``A x + c`` per row and box, which `clip` uses to cut the box down to where the rows can still be <= 0.
+That is loose deep in a network: each node's upper and lower functions are relaxed independently. So at each ReLU
+input (and the output) the (box, entry) pairs the forward bounds leave unstable are re-bounded by the engine's
+backward pass to the input (CROWN's back-substitution) through the relaxations fixed so far, each pair with its
+own box's relaxations: only the unstable pairs pay for depth, and the tightened bounds feed the relaxations (and
+the forward functions) of the nodes after. A node that is one linear operator on a linear function of the input,
+or on a ReLU of one, skips it: there the forward functions already equal the backward pass.
 
-Relaxation (as in bounds/dual.py): a stable ReLU is exact; an unstable one (l < 0 < u) has the upper line
-``s (z - l)``, s = u / (u - l), and the lower line ``alpha z`` with the adaptive alpha = 1 if u >= -l else 0.
+The objective rows ``C f(x) + d`` get the engine's backward pass (`engine.linear_rows`); it also gives a linear
+lower bound ``A x + c`` per row and box, which `clip` uses to cut the box down to where the rows can still be
+<= 0, and the rows reaching each ReLU, which `split_scores` weighs.
 Soundness: float64 throughout, no directed rounding (errors ~1e-16 relative, like every bound method here).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .. import ops
 from ..network import Network
 from ..spec import InputBox
+from . import engine
 from .base import BoundResult, check_problem
+from .interval import interval_step, relu_inputs
 
 Tensor = torch.Tensor
+PASS_ENTRIES = 1 << 16  # row entries per refinement pass (pairs x 2 x node size): small passes stay in cache
 
 
-class TorchNet:
-    """The affine layers of a Network as float64 torch tensors, with the transposes the passes need."""
+@dataclass(frozen=True)
+class Propagation:
+    """The forward pass over B boxes: bounds {node id: (l, u) (B, *shape)} of every node, relaxations {ReLU node
+    id: engine.Relaxation, tensors (B, 1, *shape)}, coef {ReLU input node id: the mean of the node's lower and upper
+    functions' coefficients on x (B, n, *shape)} (for split scores)."""
 
-    def __init__(self, network: Network, dtype: torch.dtype = torch.float64) -> None:
-        self.W = [torch.tensor(a.weight, dtype=dtype) for a in network.affines]
-        self.b = [torch.tensor(a.bias, dtype=dtype) for a in network.affines]
-        self.WT = [w.T.contiguous() for w in self.W]
-        self.pos_T = [w.clamp(min=0).T.contiguous() for w in self.W]
-        self.neg_T = [w.clamp(max=0).T.contiguous() for w in self.W]
-        self.relu_after = list(network.relu_after)
-        self.dtype = dtype
-
-    @property
-    def depth(self) -> int:
-        return len(self.W)
+    bounds: dict
+    relaxations: dict
+    coef: dict
 
 
-@dataclass
-class Relax:
-    """Linear bounds of one ReLU layer for B boxes, tensors (B, w): ``alpha z <= relu(z) <= s z + t``."""
-
-    lower_slope: Tensor
-    upper_slope: Tensor
-    upper_offset: Tensor
-
-    @staticmethod
-    def of(l: Tensor, u: Tensor) -> "Relax":
-        unstable = (l < 0) & (u > 0)
-        active = (l >= 0).to(l.dtype)
-        width = torch.where(unstable, u - l, torch.ones_like(u))  # > 0 where used: no 0/0
-        s = torch.where(unstable, u / width, active)
-        t = torch.where(unstable, -s * l, torch.zeros_like(l))
-        alpha = torch.where(unstable, (u >= -l).to(l.dtype), active)
-        return Relax(alpha, s, t)
+def _with_offset(f: Tensor, offset: Tensor | None) -> Tensor:
+    """Functions f (B, n + 1, *shape) plus a constant broadcastable to (B, 1, *shape) (a new tensor)."""
+    if offset is None:
+        return f
+    return torch.cat([f[:, :-1], f[:, -1:] + offset], 1)
 
 
-@dataclass
-class LayerBounds:
-    """Per affine layer i: pre-activation bounds (l, u) (B, w_i), the relaxation of its ReLU (None without one),
-    and the mean of its forward symbolic lower/upper coefficients on x (B, n, w_i) (for split heuristics)."""
+def _through(op, inputs: list) -> tuple[Tensor, Tensor]:
+    """Lower and upper functions (B, n + 1, *out_shape) of a linear node from its inputs' [(lower, upper)]; when
+    every input is exact (lower is upper) so is the output."""
+    B, m = inputs[0][0].shape[:2]
 
-    bounds: list
-    relax: list
-    coef: list
+    def batch(f: Tensor) -> Tensor:
+        return f.reshape(B * m, *f.shape[2:])
 
-
-def _concretize(A: Tensor, c: Tensor, centre: Tensor, radius: Tensor, upper: bool) -> Tensor:
-    """min (or max) over the box of ``x @ A + c``; A (B, n, w), c (B, w), centre/radius (B, n) -> (B, w)."""
-    mid = torch.einsum("bn,bnw->bw", centre, A) + c
-    spread = torch.einsum("bn,bnw->bw", radius, A.abs())
-    return mid + spread if upper else mid - spread
-
-
-def _backsubstitute(net: TorchNet, Lam: Tensor, const: Tensor, top: int, relax: list, boxes: Tensor | None,
-                    centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Lower bound of ``Lam @ h_top + const`` over the box, h_top the input of affine layer top + 1 (the output of
-    affine layer top after its ReLU if any). Lam (P, r, w_top), const (P, r); boxes (P,) maps rows to boxes (None:
-    P = B). Returns (lower (P, r), coefficient on x (P, r, n), constant (P, r))."""
-    for i in range(top, -1, -1):
-        if net.relu_after[i]:
-            rx = relax[i]
-            alpha, s, t = (rx.lower_slope, rx.upper_slope, rx.upper_offset) if boxes is None else \
-                (rx.lower_slope[boxes], rx.upper_slope[boxes], rx.upper_offset[boxes])
-            pos, neg = Lam.clamp(min=0), Lam.clamp(max=0)
-            const = const + (neg * t.unsqueeze(1)).sum(-1)  # negative coefficients take the upper line
-            Lam = pos * alpha.unsqueeze(1) + neg * s.unsqueeze(1)
-        const = const + Lam @ net.b[i]
-        Lam = Lam @ net.W[i]
-    c, r = (centre, radius) if boxes is None else (centre[boxes], radius[boxes])
-    lower = const + (Lam * c.unsqueeze(1)).sum(-1) - (Lam.abs() * r.unsqueeze(1)).sum(-1)
-    return lower, Lam, const
+    if all(low is up for low, up in inputs):
+        out = _with_offset(op.linear(*(batch(low) for low, _ in inputs)).reshape(B, m, *op.out_shape), op.offset)
+        return out, out
+    mid = op.linear(*(batch((low + up) / 2) for low, up in inputs)).reshape(B, m, *op.out_shape)
+    rad = op.forward_abs(*(batch((up - low) / 2) for low, up in inputs)).reshape(B, m, *op.out_shape)
+    return _with_offset(mid - rad, op.offset), _with_offset(mid + rad, op.offset)
 
 
-def propagate(net: TorchNet, lo: Tensor, hi: Tensor, refine: bool = True) -> LayerBounds:
-    """Bounds of every affine layer's pre-activations for B boxes lo, hi (B, n).
+def _concretize(low: Tensor, up: Tensor, centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """The min of the lower functions and the max of the upper ones (B, n + 1, *shape) over each box; centre,
+    radius (B, n) -> (B, *shape) each."""
+    shape, centre, radius = (low.shape[0], *low.shape[2:]), centre.unsqueeze(1), radius.unsqueeze(1)
 
-    Forward symbolic bounds layer by layer; with refine, the unstable (box, neuron) pairs of layers >= 2 are
-    re-bounded by back-substitution to the input through the relaxations already fixed (layers 0 and 1 are
-    exact / equal to it), and every layer's bounds are intersected with plain intervals from the previous layer.
-    Each neuron gets the better of its forward and backward bounds for the relaxations in place; across layers
-    this is not monotone (tighter bounds change later relaxations, as in every CROWN-style pass).
-    """
+    def mid_spread(f: Tensor) -> tuple[Tensor, Tensor]:
+        flat = f.reshape(*f.shape[:2], -1)
+        A = flat[:, :-1]
+        return (centre @ A).squeeze(1) + flat[:, -1], (radius @ A.abs()).squeeze(1)
+
+    low_mid, low_spread = mid_spread(low)
+    up_mid, up_spread = (low_mid, low_spread) if up is low else mid_spread(up)
+    return (low_mid - low_spread).reshape(shape), (up_mid + up_spread).reshape(shape)
+
+
+def _without_refinement(network: Network) -> set[int]:
+    """Nodes whose forward functions equal a backward pass from them: linear functions of the input (no ReLU
+    before them), and single-input linear operators on a ReLU of one (the relaxation's sides are picked by the
+    same signs both ways)."""
+    exact, plain = {0}, set()
+    for k, node in enumerate(network.nodes[1:], 1):
+        if isinstance(node.op, ops.ReLU):
+            continue
+        if all(i in exact for i in node.inputs):
+            exact.add(k)
+        elif len(node.inputs) == 1:
+            source = network.nodes[node.inputs[0]]
+            if isinstance(source.op, ops.ReLU) and source.inputs[0] in exact:
+                plain.add(k)
+    return exact | plain
+
+
+def propagate(network: Network, lo: Tensor, hi: Tensor, refine: bool = True) -> Propagation:
+    """Bounds of every node for B boxes lo, hi (B, n) (module docstring); with refine, the unstable (box, entry)
+    pairs of the ReLU inputs and of the output get a backward pass (`_refine`). Each entry keeps the better of
+    its forward and backward bounds for the relaxations in place; across nodes this is not monotone (tighter
+    bounds change later relaxations, as in every CROWN-style pass)."""
     B, n = lo.shape
     centre, radius = (lo + hi) / 2, (hi - lo) / 2
-    out = LayerBounds([], [], [])
-    low_A = up_A = net.WT[0].expand(B, n, -1)  # symbolic pre-activation bounds of layer 0: exact
-    low_c = up_c = net.b[0].expand(B, -1)
-    for j in range(net.depth):
-        if j > 0:  # push the previous layer's post-activation bounds through affine j (W+ / W- split)
-            P, N = net.pos_T[j], net.neg_T[j]
-            low_A, up_A = a_low_A @ P + a_up_A @ N, a_up_A @ P + a_low_A @ N
-            low_c, up_c = a_low_c @ P + a_up_c @ N + net.b[j], a_up_c @ P + a_low_c @ N + net.b[j]
-        l = _concretize(low_A, low_c, centre, radius, upper=False)
-        u = _concretize(up_A, up_c, centre, radius, upper=True)
-        if j > 0:  # symbolic bounds can be looser than plain intervals on some neurons: keep the better
-            h_lo, h_hi = out.bounds[-1]
-            if net.relu_after[j - 1]:
-                h_lo, h_hi = h_lo.clamp(min=0), h_hi.clamp(min=0)
-            mid, rad = (h_lo + h_hi) / 2 @ net.WT[j] + net.b[j], (h_hi - h_lo) / 2 @ net.WT[j].abs()
-            l, u = torch.maximum(l, mid - rad), torch.minimum(u, mid + rad)
-        if refine and j >= 2:
-            l, u = _refine(net, j, l, u, out.relax, centre, radius)
-        out.bounds.append((l, u))
-        out.coef.append((low_A + up_A) / 2)
-        if not net.relu_after[j]:
-            out.relax.append(None)
-            continue
-        rx = Relax.of(l, u)
-        out.relax.append(rx)
-        a_low_A, a_low_c = low_A * rx.lower_slope.unsqueeze(1), low_c * rx.lower_slope
-        a_up_A, a_up_c = up_A * rx.upper_slope.unsqueeze(1), up_c * rx.upper_slope + rx.upper_offset
-    return out
+    shape = network.input_shape
+    identity = torch.cat([torch.eye(n, dtype=lo.dtype), lo.new_zeros(1, n)]).reshape(1, n + 1, *shape)
+    funcs = {0: (identity.expand(B, *identity.shape[1:]),) * 2}
+    bounds = {0: (lo.reshape(B, *shape), hi.reshape(B, *shape))}
+    relaxations, coef = {}, {}
+    pre_activation = engine.pre_activations(network)
+    tighten = set()
+    if refine:
+        tighten = (pre_activation | {network.output}) - _without_refinement(network)
+    last_use = {i: k for k, node in enumerate(network.nodes) for i in node.inputs}
+    for k, node in enumerate(network.nodes[1:], 1):
+        if isinstance(node.op, ops.ReLU):
+            (i,) = node.inputs
+            r = relaxations[k] = engine.relax(*bounds[i], "adaptive")
+            low, up = funcs[i]
+            funcs[k] = (low * r.rule_slope, _with_offset(up * r.upper_slope, r.upper_offset))
+            bounds[k] = interval_step(network, k, bounds)
+        else:
+            low, up = funcs[k] = _through(node.op, [funcs[i] for i in node.inputs])
+            l, u = interval_step(network, k, bounds)
+            sym_l, sym_u = _concretize(low, up, centre, radius)
+            l, u = torch.maximum(l, sym_l), torch.minimum(u, sym_u)
+            if k in tighten:
+                l, u = _refine(network, k, l, u, relaxations, centre, radius)
+            bounds[k] = (l, u)
+            if k in pre_activation:
+                coef[k] = ((low + up) / 2)[:, :-1]
+        for i in node.inputs:  # functions nobody reads again
+            if last_use[i] == k:
+                del funcs[i]
+    return Propagation(bounds, relaxations, coef)
 
 
-def _refine(net: TorchNet, j: int, l: Tensor, u: Tensor, relax: list, centre: Tensor, radius: Tensor
+_RELAXATION_FIELDS = tuple(f.name for f in dataclasses.fields(engine.Relaxation))
+
+
+def _take(relaxation: engine.Relaxation, boxes: Tensor) -> engine.Relaxation:
+    """The relaxation of the boxes `boxes` (P,) (repeats allowed): tensors (P, 1, *shape)."""
+    return engine.Relaxation(**{name: getattr(relaxation, name)[boxes] for name in _RELAXATION_FIELDS})
+
+
+def _refine(network: Network, k: int, l: Tensor, u: Tensor, relaxations: dict, centre: Tensor, radius: Tensor
             ) -> tuple[Tensor, Tensor]:
-    """l, u (B, w_j) tightened on their unstable entries by back-substitution from layer j."""
-    boxes, neurons = torch.nonzero((l < 0) & (u > 0), as_tuple=True)
+    """l, u (B, *shape) of node k tightened on their unstable (box, entry) pairs: per pair the rows +e_i and -e_i
+    (through a Dense node, +W_i and -W_i on its input) pushed back to the input by `engine.backward` with that
+    box's relaxations, at most PASS_ENTRIES row entries per pass."""
+    B = l.shape[0]
+    flat_l, flat_u = l.reshape(B, -1), u.reshape(B, -1)
+    boxes, entries = torch.nonzero((flat_l < 0) & (flat_u > 0), as_tuple=True)
     if boxes.numel() == 0:
         return l, u
-    rows = net.W[j][neurons]
-    Lam = torch.stack([rows, -rows], 1)  # +z (its lower bound) and -z (minus its upper bound)
-    const = torch.stack([net.b[j][neurons], -net.b[j][neurons]], 1)
-    low, _, _ = _backsubstitute(net, Lam, const, j - 1, relax, boxes, centre, radius)
-    l, u = l.clone(), u.clone()
-    l[boxes, neurons] = torch.maximum(l[boxes, neurons], low[:, 0])
-    u[boxes, neurons] = torch.minimum(u[boxes, neurons], -low[:, 1])
-    return l, u
+    node = network.nodes[k]
+    dense = isinstance(node.op, ops.Dense)
+    top = node.inputs[0] if dense else k
+    top_shape = network.nodes[top].op.out_shape
+    size = int(np.prod(top_shape))
+    lows = []
+    for pairs in torch.arange(boxes.numel()).split(max(16, PASS_ENTRIES // (2 * size))):
+        b, e = boxes[pairs], entries[pairs]
+        if dense:
+            rows = node.op.weight[e]
+            const = l.new_zeros(e.numel()) if node.op.bias is None else node.op.bias[e]
+        else:
+            rows = l.new_zeros(e.numel(), size)
+            rows[torch.arange(e.numel()), e] = 1.0
+            const = l.new_zeros(e.numel())
+        A = torch.stack([rows, -rows], 1).reshape(e.numel(), 2, *top_shape)
+        picked = {r: _take(rx, b) for r, rx in relaxations.items()}
+        lows.append(engine.backward(network, top, A, torch.stack([const, -const], 1), picked, centre[b], radius[b]))
+    low = torch.cat(lows)
+    flat_l, flat_u = flat_l.clone(), flat_u.clone()
+    flat_l[boxes, entries] = torch.maximum(flat_l[boxes, entries], low[:, 0])
+    flat_u[boxes, entries] = torch.minimum(flat_u[boxes, entries], -low[:, 1])
+    return flat_l.reshape(l.shape), flat_u.reshape(u.shape)
 
 
-def objective_bounds(net: TorchNet, lo: Tensor, hi: Tensor, lb: LayerBounds, C: Tensor, d: Tensor
-                     ) -> tuple[Tensor, Tensor, Tensor, list]:
-    """Lower bounds of ``C f(x) + d``; C (k, n_out) or (B, k, n_out), d (k,) or (B, k).
-
-    Returns (lower (B, k), A (B, k, n), c (B, k)) with ``C f(x) + d >= x @ A^T + c`` on the box, and the
-    backward coefficients on each ReLU layer's output (B, k, w_i) (None for the last layer) for split scores.
-    """
-    B = lo.shape[0]
-    centre, radius = (lo + hi) / 2, (hi - lo) / 2
-    Lam, const = C.expand(B, *C.shape[-2:]), d.expand(B, d.shape[-1])
-    top = net.depth - 1
-    if net.relu_after[top]:  # outputs clipped at 0: relax the output ReLU first
-        rx = lb.relax[top]
-        pos, neg = Lam.clamp(min=0), Lam.clamp(max=0)
-        const = const + (neg * rx.upper_offset.unsqueeze(1)).sum(-1)
-        Lam = pos * rx.lower_slope.unsqueeze(1) + neg * rx.upper_slope.unsqueeze(1)
-    lams: list = [None] * net.depth
-    # the same pass as _backsubstitute, keeping the coefficient on each hidden layer's output
-    for i in range(top, -1, -1):
-        const = const + Lam @ net.b[i]
-        Lam = Lam @ net.W[i]
-        if i == 0:
-            break
-        lams[i - 1] = Lam
-        rx = lb.relax[i - 1]
-        pos, neg = Lam.clamp(min=0), Lam.clamp(max=0)
-        const = const + (neg * rx.upper_offset.unsqueeze(1)).sum(-1)
-        Lam = pos * rx.lower_slope.unsqueeze(1) + neg * rx.upper_slope.unsqueeze(1)
-    lower = const + (Lam * centre.unsqueeze(1)).sum(-1) - (Lam.abs() * radius.unsqueeze(1)).sum(-1)
-    return torch.maximum(lower, _interval_rows(net, lb, C, d)), Lam, const, lams
+def picked_rows(rows: Tensor, row: Tensor) -> Tensor:
+    """Row row[b] of box b: rows (B or 1, K, *shape), row (B,) -> (B, *shape)."""
+    B = row.shape[0]
+    return rows.expand(B, *rows.shape[1:])[torch.arange(B), row]
 
 
-def _interval_rows(net: TorchNet, lb: LayerBounds, C: Tensor, d: Tensor) -> Tensor:
-    """Interval lower bounds (B, k) of the rows: C over the outputs' bounds, or (no output ReLU, some hidden
-    layer) ``C W_last`` over the last hidden layer's interval; sometimes better than the backward pass."""
-    l, u = lb.bounds[-1]
-    if net.relu_after[-1]:
-        l, u = l.clamp(min=0), u.clamp(min=0)
-    elif net.depth > 1:
-        l, u = (x.clamp(min=0) for x in lb.bounds[-2])
-        C, d = C @ net.W[-1], d + C @ net.b[-1]
-    centre, radius = (l + u) / 2, (u - l) / 2
-    return (C @ centre.unsqueeze(-1)).squeeze(-1) - (C.abs() @ radius.unsqueeze(-1)).squeeze(-1) + d
-
-
-def triangle_height(l: Tensor, u: Tensor) -> Tensor:
-    """Height ``-l u / (u - l)`` of each unstable neuron's triangle relaxation, 0 where stable; same shape as l."""
-    unstable = (l < 0) & (u > 0)
-    width = torch.where(unstable, u - l, torch.ones_like(u))  # > 0 where used: no 0/0
-    return torch.where(unstable, -l * u / width, torch.zeros_like(u))
-
-
-def split_scores(lo: Tensor, hi: Tensor, lb: LayerBounds, lams: list, row: Tensor) -> Tensor:
+def split_scores(network: Network, lo: Tensor, hi: Tensor, prop: Propagation, rows: dict, row: Tensor) -> Tensor:
     """How much bisecting each input dimension should help, (B, n): for every unstable neuron, the weight of its
-    relaxation in the objective row `row` (B,) (|backward coefficient| x the triangle's height -l u / (u - l)),
-    per unit of its pre-activation range, times how much of that range input dimension k spans
-    (|symbolic coefficient on x_k| x width_k). A bisection shrinks the ranges of the neurons it spans most."""
+    relaxation in the objective row `row` (B,) (|coefficient of the rows reaching its ReLU| x the triangle's
+    height -l u / (u - l), the relaxation's upper offset), per unit of its pre-activation range, times how much of
+    that range input dimension k spans (|symbolic coefficient on x_k| x width_k). A bisection shrinks the ranges
+    of the neurons it spans most. rows: {ReLU node id: (B or 1, K, *shape)}, as `engine.linear_rows` gives."""
     B = lo.shape[0]
-    pick = torch.arange(B)
     score = torch.zeros_like(lo)
-    for i, lam in enumerate(lams):
-        if lam is None:
-            continue
-        l, u = lb.bounds[i]
-        weight = lam[pick, row].abs() * triangle_height(l, u) / (u - l).clamp(min=1e-300)  # 0 where stable
-        score = score + torch.einsum("bw,bnw->bn", weight, lb.coef[i].abs())
+    for r, lam in rows.items():
+        i = network.nodes[r].inputs[0]
+        l, u = prop.bounds[i]
+        height = prop.relaxations[r].upper_offset[:, 0]  # 0 where stable
+        weight = picked_rows(lam, row).abs() * height / (u - l).clamp(min=1e-300)
+        coef = prop.coef[i].abs().reshape(B, lo.shape[1], -1)
+        score = score + (coef @ weight.reshape(B, -1, 1)).squeeze(-1)
     return score * (hi - lo)
 
 
@@ -250,17 +237,18 @@ def clip(lo: Tensor, hi: Tensor, A: Tensor, c: Tensor, rounds: int = 2) -> tuple
 
 
 def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
-          layer_bounds: list | None = None, refine: bool = True, **_) -> BoundResult:
-    """Lower bounds of ``C @ f(x) + d`` over one box (the shared signature; given layer_bounds are ignored:
-    this method computes its own). info["unstable"]: unstable neurons per ReLU layer."""
+          layer_bounds: list | None = None, refine: bool = True) -> BoundResult:
+    """Lower bounds of ``C @ f(x) + d`` over one box (the shared signature; given layer_bounds are ignored: this
+    method computes its own). Layer bounds: flat numpy (l, u) per node of `interval.relu_inputs`;
+    info["unstable"]: unstable neurons per ReLU node."""
     start = time.perf_counter()
-    network.require_chain("symbolic")
     C, d = check_problem(network, box, C, d)
-    net = TorchNet(network)
+    network = network.to("cpu", torch.float64)
     lo, hi = (torch.tensor(v).unsqueeze(0) for v in (box.lo, box.hi))
     with torch.no_grad():
-        lb = propagate(net, lo, hi, refine)
-        lower, *_ = objective_bounds(net, lo, hi, lb, torch.tensor(C), torch.tensor(d))
-    bounds = [(l[0].numpy(), u[0].numpy()) for l, u in lb.bounds]
-    unstable = [int(((l < 0) & (u > 0)).sum()) for (l, u), rx in zip(bounds, lb.relax) if rx is not None]
+        prop = propagate(network, lo, hi, refine)
+        lower, *_ = engine.linear_rows(network, lo, hi, torch.tensor(C)[None], torch.tensor(d)[None],
+                                       prop.relaxations, prop.bounds)
+    bounds = [tuple(x[0].reshape(-1).numpy() for x in prop.bounds[k]) for k in relu_inputs(network)]
+    unstable = [int(rx.unstable.sum()) for rx in prop.relaxations.values()]
     return BoundResult(lower[0].numpy(), bounds, "symbolic", time.perf_counter() - start, {"unstable": unstable})
