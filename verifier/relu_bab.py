@@ -22,10 +22,14 @@ Search: best-first (lowest bound first, where counterexamples are likeliest); do
 the free root-unstable neuron with the largest |row coefficient at its ReLU| x triangle height -l u / (u - l) in the
 domain's best row (BaBSR-like). A domain with nothing left worth splitting is "stuck": its pass is linear where it
 matters and the best beta makes it exact (LP duality), so it gets STUCK_STEPS more steps; what stays open is left
-to the caller (the MILP). Candidates: the box corner minimizing the best row's linear bound, and the caller's side attack, checked by
-`check` (float64, then onnxruntime on the original model).
+to the caller (the MILP). Candidates: the box corner minimizing the best row's linear bound, and the caller's side
+attack, checked by `check` (float64, then onnxruntime on the original model).
 Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``;
 float32 passes (`search`'s dtype) prove nothing until re-derived in float64.
+
+Defaults, measured on MNIST 256x4 prop_3 eps 0.05 (unsat; one torch thread, machine under load): Adam steps per
+round 2: undecided after 40 s (8201 domains); 4: proved in 5.7 s; 8: 9.0 s; 16: 3.9 s (283 domains). float32
+passes: the same 523 domains, no faster on this CPU (11.6 s vs 11.7 s), so float64 stays the default.
 """
 from __future__ import annotations
 
@@ -170,7 +174,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     layer bounds of the ReLU inputs (the engine's); check(points (P, n)) -> a confirmed counterexample or None;
     side_attack as in bab.input_split. A domain is (splits, disjunct): the root is one domain per disjunct, and a
     domain carries only its disjunct's rows. max_batch: domains split per round at most (fewer when one pass's
-    rows would exceed about 2e8 entries: conv nets; the batch starts at 8 and adapts to STEP_SECONDS); steps / root_steps: Adam steps per round / at the root.
+    rows would exceed about 2e8 entries: conv nets; the batch starts at 8 and adapts to STEP_SECONDS); steps /
+    root_steps: Adam steps per round / at the root.
     dtype float32: the passes run in float32 and every domain they prove is bounded again in float64 from the
     same slopes and multipliers (one pass, no optimization): only that float64 bound proves. retighten: see
     `_Problem.relaxations`.
@@ -182,7 +187,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     sizes = sum(int(np.prod(node.op.out_shape)) for node in network.nodes)
     max_batch = int(max(1, min(max_batch, 2e8 / (M * sizes))))
     max_pool = int(max(1, pool_bytes / (8 * M * N + N + 64)))
-    stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "rechecked": 0}
+    stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "rechecked": 0, "stuck": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
     disjunct = torch.arange(rows.K)
     splits = torch.zeros(rows.K, N, dtype=torch.int8)
@@ -231,9 +236,9 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             open_[stuck[proved]] = False
             still[disjunct[stuck[~proved]]] = True
             open_[stuck[~proved]] = False
-            stats["stuck"] = stats.get("stuck", 0) + stuck.numel()
+            stats["stuck"] += stuck.numel()
         pool = merge_pool(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
-                      beta[open_].float(), score[open_])
+                          beta[open_].float(), score[open_])
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
         if len(pool[0]) == 0:
             return finish("open" if still.any() else "holds")

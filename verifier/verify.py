@@ -10,10 +10,10 @@ conjunction (``<=``, VNN-LIB semantics).
 Phases (`verify`): a short falsification (PGD, attacks.falsify); then, for networks with few inputs
 (<= INPUT_SPLIT_MAX_INPUTS, e.g. ACAS Xu), input-splitting branch and bound (bab.input_split: its root bound is
 the dual/CROWN bound of the whole box; it checks candidate points as it splits, and a full falsification runs
-beside it now and then); for larger inputs the dual pass with adaptive then optimized slopes, then branch and
-bound on ReLUs (bab.relu_split: a cheap split phase, a longer falsification, then the MILP). Any network graph
-(convolutions, pooling, residual blocks) takes the same path; the MILP needs a dense chain so far, so on other
-graphs what the cheap split phase leaves open ends unknown.
+beside it now and then); for larger inputs the dual pass with adaptive then optimized slopes (the latter stops
+after OPT_SHARE of the time left), then branch and bound on ReLUs (bab.relu_split: the optimized, batched search
+of relu_bab.py with falsification rounds beside it, then the MILP for what it cannot split further). Any network
+graph (convolutions, pooling, residual blocks) takes the same path.
 """
 from __future__ import annotations
 
@@ -130,10 +130,9 @@ class _SideAttack:
 
 
 def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase) -> Verdict:
-    """Dual passes (adaptive, then optimized slopes), then ReLU branch and bound (with a longer falsification
-    between its cheap phase and its MILP)."""
+    """Dual passes (adaptive, then optimized slopes), then ReLU branch and bound (falsification rounds beside it)."""
     open_ = list(range(len(prop.disjuncts)))
-    # (phase, slopes, seconds it must have left to start: the optimized pass cannot be interrupted)
+    # (phase, slopes, seconds it must have left to start)
     for name, slopes, needs in (("dual_adaptive", "adaptive", 0.0), ("dual_opt", "opt", 1.0)):
         if deadline - time.perf_counter() <= needs:
             return Verdict(TIMEOUT, None, stats)

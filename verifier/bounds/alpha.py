@@ -98,7 +98,8 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
         now, relax_now = engine.node_bounds(network, lo, hi, "adaptive", given, reference=bounds, alphas=alphas,
                                             straight_through=True, output_pass=False)
         lower = engine.rows_lower(network, lo, hi, C, d, now, relax_now,
-                                  {r: scatter_columns(shapes[r], cols[r], p) for r, p in rows.items()}, straight_through=True)
+                                  {r: scatter_columns(shapes[r], cols[r], p) for r, p in rows.items()},
+                                  straight_through=True)
         with torch.no_grad():
             better = lower > best
             best = torch.where(better, lower, best)
