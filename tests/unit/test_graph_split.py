@@ -3,7 +3,8 @@
 Checked on the random ONNX graphs of every operator kind (graph_models.py) and on tiny graphs built here with few
 inputs: symbolic node bounds hold every sampled value of every node and are never looser than IBP; batched boxes
 agree with single boxes; the objective's linear bound lies below the rows at sampled points and clipping keeps
-every sampled point where the rows are <= 0; input_split's verdicts match a dense grid evaluated by onnxruntime
+every sampled point where the rows are <= 0; input_split's verdicts and the symbolic bound match the enumeration
+oracle (bounds/enumerate.py) on the tiny conv / residual / MaxPool graphs, a dense grid evaluated by onnxruntime
 (with a Lipschitz bound from the operators' sparse matrices, which no bound pass uses) on 3-input graphs, and on a
 9-input conv graph holds only when sampling and PGD find nothing, violated only with a point the network and
 onnxruntime confirm; every ReLU-split domain's bound is below the sampled minimum within its activation pattern.
@@ -17,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from graph_models import KINDS, random_graph_file
+from graph_models import KINDS, TINY_KINDS, random_graph_file
 from verifier import bab, ops, relu_bab
 from verifier.attacks import falsify
 from verifier.bounds import dual, engine, interval, symbolic
+from verifier.bounds.enumerate import enumerate_bound
 from verifier.network import Network, Node
 from verifier.onnx import OnnxRunner, load_onnx
 from verifier.spec import InputBox, Property
@@ -207,6 +209,35 @@ def test_linear_lower_bound_and_clipping_keep_every_sampled_point(graph):
 # --- input splitting ----------------------------------------------------------------------------------------
 def float64_confirm(net: Network, box: InputBox, prop: Property):
     return lambda x: box.contains(x) and bool(prop.violated_by(net.forward(x)))
+
+
+@pytest.mark.parametrize("kind", list(TINY_KINDS) + ["maxpool3"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_input_split_verdicts_and_symbolic_bounds_match_the_enumeration(kind, seed, tmp_path):
+    """Tiny conv, residual and MaxPool graphs (<= 14 ReLUs): the symbolic bound (refined or not) is below the
+    exact minimum, and input_split's verdict is the exact one on single rows, disjunctions and conjunctions
+    0.05 on either side of the exact minimum; an exact tie is never proved."""
+    net = TINY[kind](seed) if kind in TINY else load_onnx(random_graph_file(kind, tmp_path, seed))
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(-0.5, 0.5, net.n_inputs)
+    box = InputBox(centre - 0.3, centre + 0.3)
+    C = rng.normal(size=(3, net.n_outputs))
+    exact = enumerate_bound(net, box, C)
+    for refine in (True, False):
+        assert np.all(symbolic.bound(net, box, C, refine=refine).lower <= exact + TOL)
+    cases = [(Property(((C[:1], np.array([exact[0] + shift])),)), shift) for shift in (-0.05, 0.05)]
+    cases += [(Property(tuple((C[k:k + 1], np.array([exact[k] + shift])) for k in range(3))), shift)
+              for shift in (-0.05, 0.05)]
+    cases += [(Property(((C[:2], exact[:2] - 0.05),)), -0.05)]  # a conjunction ruled out row by row
+    for prop, shift in cases:
+        result = bab.input_split(net, box, prop, deadline=time.perf_counter() + 20,
+                                 confirm=float64_confirm(net, box, prop))
+        assert result.status == ("holds" if shift < 0 else "violated"), (shift, result.stats)
+        if result.status == "violated":
+            assert box.contains(result.x) and prop.violated_by(net.forward(result.x))
+    tie = Property(((C[:1], exact[:1]),))  # the threshold is the exact minimum, met at a point: unsafe
+    assert bab.input_split(net, box, tie, deadline=time.perf_counter() + 1, confirm=lambda x: False).status in (
+        "unknown", "timeout")
 
 
 @pytest.mark.parametrize("name", ["residual3", "conv3", "maxpool3"])
