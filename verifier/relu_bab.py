@@ -123,10 +123,12 @@ class _Problem:
         parts = [engine.relax(*self.root[r], "adaptive").rule_slope[:, 0, self.cols[r]] for r in self.relus]
         return torch.cat(parts, 1).unsqueeze(1)
 
-    def bound(self, splits: Tensor, disjunct: Tensor, alpha: Tensor, beta: Tensor, steps: int, lr: float = 0.1):
+    def bound(self, splits: Tensor, disjunct: Tensor, alpha: Tensor, beta: Tensor, steps: int, lr: float = 0.1,
+              deadline: float | None = None):
         """Optimized lower bounds (B, M) of the rows of each domain's disjunct; splits (B, N), disjunct (B,),
         alpha, beta (B, M, N) warm starts. Returns (lower, alpha, beta (the best iterate per row, in self.dtype),
-        rows reaching each ReLU {r: (B, M, *shape)}, input coefficients (B, M, n), triangle heights)."""
+        rows reaching each ReLU {r: (B, M, *shape)}, input coefficients (B, M, n), triangle heights). No step
+        starts after `deadline` (time.perf_counter()); every iterate is sound."""
         with torch.no_grad():
             relax, height, sign, empty = self.relaxations(splits)
         B = splits.shape[0]
@@ -145,6 +147,8 @@ class _Problem:
                                    betas=betas, record=record)
 
         for step in range(1, steps + 1):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             lower = run(a, b)
             with torch.no_grad():
                 better = lower > best if best is not None else torch.ones_like(lower, dtype=torch.bool)
@@ -204,7 +208,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         stats["domains"] += B
         stats["bound_calls"] += 1
         step_start = time.perf_counter()
-        lower, alpha, beta, record, height = problem.bound(splits, disjunct, alpha, beta, n_steps)
+        lower, alpha, beta, record, height = problem.bound(splits, disjunct, alpha, beta, n_steps, deadline=deadline)
         took, n_steps = time.perf_counter() - step_start, steps
         if took < STEP_SECONDS / 2 and B >= batch:  # rounds of about STEP_SECONDS: deadlines kept, memory bounded
             batch = min(2 * batch, max_batch)
@@ -231,7 +235,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         score = torch.where(splits == 0, score, torch.zeros_like(score))
         stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # nothing left to split that could help
         if stuck.numel():  # the pass is (nearly) linear there: many more steps on beta, else the MILP's to settle
-            again, *_ = exact.bound(splits[stuck], disjunct[stuck], alpha[stuck], beta[stuck], STUCK_STEPS)
+            again, *_ = exact.bound(splits[stuck], disjunct[stuck], alpha[stuck], beta[stuck], STUCK_STEPS,
+                                    deadline=deadline)
             proved = again.amax(1) - PROOF_MARGIN > 0
             open_[stuck[proved]] = False
             still[disjunct[stuck[~proved]]] = True
