@@ -26,7 +26,7 @@ import torch
 
 from .bounds import engine, symbolic
 from .bounds.base import PROOF_MARGIN, proves
-from .bounds.interval import relu_inputs
+from .bounds.interval import by_node
 from .relu_bab import merge_pool, pop_lowest, search
 from .network import Network
 from .spec import InputBox, Property
@@ -270,8 +270,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         layer_bounds = dual.bound(network, box, C, d, slopes="opt").layer_bounds
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
     rows = _Rows.of(sub, network.n_outputs)
-    root = {k: tuple(torch.tensor(np.asarray(x, np.float64)).reshape(1, *network.nodes[k].op.out_shape)
-                     for x in lu) for k, lu in zip(relu_inputs(network), layer_bounds)}
+    root = by_node(network, layer_bounds)
     splittable = sum(int(((l < 0) & (u > 0)).sum()) for (l, u) in (root[network.nodes[r].inputs[0]]
                                                                       for r in network.relu_nodes))
     use_milp = splittable <= MILP_MAX_SPLITTABLE

@@ -87,8 +87,8 @@ class _Problem:
         self.d = rows.d.reshape(rows.K, rows.M).to(dtype)
 
     def relaxations(self, splits: Tensor) -> tuple[dict, dict, dict, Tensor]:
-        """Per ReLU node, the domains' relaxations (B, 1, *shape), triangle heights (B, *shape) and split signs
-        (B, *shape) for splits (B, N), and which domains are empty (B,) (some neuron's l > u, beyond rounding: a
+        """Per ReLU node, the domains' relaxations (B, 1, *shape) and split signs (B, *shape) for splits (B, N),
+        and which domains are empty (B,) (some neuron's l > u, beyond rounding: a
         domain where a neuron takes a single value gets l = u computed two ways, and they may cross by ~1e-17).
 
         The root's bounds with the split neurons' made exact; with self.retighten, every ReLU input is bounded
@@ -109,14 +109,11 @@ class _Problem:
         else:
             bounds, relax = given, {r: engine.relax(*given[self.network.nodes[r].inputs[0]], "adaptive")
                                     for r in self.relus}
-        height, empty = {}, torch.zeros(B, dtype=torch.bool)
+        empty = torch.zeros(B, dtype=torch.bool)
         for r in self.relus:
             l, u = (x.reshape(B, -1) for x in bounds[self.network.nodes[r].inputs[0]])
             empty |= (l > u + EMPTY_MARGIN * (1 + u.abs())).any(1)  # rounding alone crosses a point's bounds
-            unstable = (l < 0) & (u > 0)
-            height[r] = torch.where(unstable, -l * u / torch.where(unstable, u - l, 1.0), 0.0)
-            height[r] = height[r].reshape(B, *self.shapes[r])
-        return relax, height, sign, empty
+        return relax, sign, empty
 
     def start_alpha(self) -> Tensor:
         """The root's adaptive lower slopes of the splittable neurons, (1, 1, N)."""
@@ -127,10 +124,11 @@ class _Problem:
               deadline: float | None = None):
         """Optimized lower bounds (B, M) of the rows of each domain's disjunct; splits (B, N), disjunct (B,),
         alpha, beta (B, M, N) warm starts. Returns (lower, alpha, beta (the best iterate per row, in self.dtype),
-        rows reaching each ReLU {r: (B, M, *shape)}, input coefficients (B, M, n), triangle heights). No step
+        the final pass's record (`engine.backward`: rows reaching each ReLU, input coefficients (B, M, n)), the
+        relaxations {r: (B, 1, *shape)}). No step
         starts after `deadline` (time.perf_counter()); every iterate is sound."""
         with torch.no_grad():
-            relax, height, sign, empty = self.relaxations(splits)
+            relax, sign, empty = self.relaxations(splits)
         B = splits.shape[0]
         centre, radius = self.centre.expand(B, -1), self.radius.expand(B, -1)
         C, d = self.C[disjunct], self.d[disjunct]
@@ -164,7 +162,7 @@ class _Problem:
         with torch.no_grad():  # rows are independent in the pass: the best slopes of each row reproduce its best
             lower = run(best_a, best_b, record)
         lower = torch.where(empty.unsqueeze(1), torch.full_like(lower, torch.inf), lower)  # no input: holds
-        return lower, best_a, best_b, record, height
+        return lower, best_a, best_b, record, relax
 
 
 def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadline: float,
@@ -208,7 +206,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         stats["domains"] += B
         stats["bound_calls"] += 1
         step_start = time.perf_counter()
-        lower, alpha, beta, record, height = problem.bound(splits, disjunct, alpha, beta, n_steps, deadline=deadline)
+        lower, alpha, beta, record, relax = problem.bound(splits, disjunct, alpha, beta, n_steps, deadline=deadline)
         took, n_steps = time.perf_counter() - step_start, steps
         if took < STEP_SECONDS / 2 and B >= batch:  # rounds of about STEP_SECONDS: deadlines kept, memory bounded
             batch = min(2 * batch, max_batch)
@@ -222,15 +220,15 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             stats["rechecked"] += claimed.numel()
         open_ = key <= 0
         row = lower.argmax(1)
-        pick = torch.arange(B)
-        corners = torch.where(record[0].expand(B, -1, -1)[pick, row] > 0, lo, hi)[open_]
+        corners = torch.where(engine.picked_rows(record[0], row) > 0, lo, hi)[open_]
         extra = side_attack(time.perf_counter() - start) if side_attack is not None else None
         if extra is not None:
             corners = torch.cat([corners, torch.as_tensor(np.asarray(extra, np.float64)).reshape(1, -1)])
         x = check(corners) if len(corners) else None
         if x is not None:
             return finish("violated", x)
-        score = torch.cat([(record[r].expand(B, *record[r].shape[1:])[pick, row].abs() * height[r])
+        # triangle height -l u / (u - l) = the upper line's offset (0 where stable)
+        score = torch.cat([(engine.picked_rows(record[r], row).abs() * relax[r].upper_offset[:, 0])
                            .reshape(B, -1)[:, problem.cols[r]] for r in problem.relus], 1)
         score = torch.where(splits == 0, score, torch.zeros_like(score))
         stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # nothing left to split that could help

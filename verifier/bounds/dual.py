@@ -28,21 +28,9 @@ from ..network import Network, dense_graph
 from ..spec import InputBox
 from . import alpha, engine
 from .base import BoundResult, check_problem
-from .interval import relu_inputs
+from .interval import by_node, relu_inputs
 
 Tensor = torch.Tensor
-
-
-def _given(network: Network, layer_bounds: list | None, device, dtype) -> dict | None:
-    """layer_bounds [(l, u) flat numpy or None] per `relu_inputs` node -> {node id: (l, u) (1, *shape)}."""
-    if layer_bounds is None:
-        return None
-    described = relu_inputs(network)
-    if len(layer_bounds) != len(described):
-        raise ValueError(f"layer_bounds has {len(layer_bounds)} entries, the network describes {len(described)}")
-    return {k: tuple(torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype, device=device)
-                     .reshape(1, *network.nodes[k].op.out_shape) for x in lu)
-            for k, lu in zip(described, layer_bounds) if lu is not None}
 
 
 def _numpy(x: Tensor) -> np.ndarray:
@@ -72,7 +60,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     if slopes not in ("wk", "adaptive", "opt"):
         raise ValueError(f"unknown slopes {slopes!r}; use 'wk', 'adaptive' or 'opt'")
     net, lo, hi, Ct, dt = _problem(network, box, C, d, device, dtype)
-    given = _given(network, layer_bounds, device, dtype)
+    given = None if layer_bounds is None else by_node(network, layer_bounds, dtype, device)
     row_slopes = None
     if slopes == "opt":
         deadline = None if time_limit is None else start + time_limit
@@ -112,7 +100,7 @@ def backward_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray
         slopes[r] = a.reshape(1, a.shape[0] if a.dim() == 2 else 1, *shape)
     net, lo, hi, Ct, dt = _problem(network, box, C, d, "cpu", torch.float64)
     with torch.no_grad():
-        given = _given(network, layer_bounds, "cpu", torch.float64)  # the output's bounds as given, no new pass
+        given = by_node(network, layer_bounds)  # the output's bounds as given, no new pass
         bounds, relaxations = engine.node_bounds(net, lo, hi, "adaptive", given, output_pass=False)
         lower = engine.rows_lower(net, lo, hi, Ct, dt, bounds, relaxations, slopes)
     return _numpy(lower[0])

@@ -271,3 +271,9 @@ def linear_rows(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, 
     if bounds is not None:
         lower = torch.maximum(lower, _interval_rows(network, bounds, C, d))
     return lower, inputs.expand(*shape, -1), c, record
+
+
+def picked_rows(rows: Tensor, row: Tensor) -> Tensor:
+    """Row row[b] of box b: rows (B or 1, K, *shape), row (B,) -> (B, *shape)."""
+    B = row.shape[0]
+    return rows.expand(B, *rows.shape[1:])[torch.arange(B), row]

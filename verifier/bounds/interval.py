@@ -69,13 +69,21 @@ def relu_inputs(network: Network) -> list[int]:
     return ids if isinstance(network.nodes[network.output].op, ops.ReLU) else ids + [network.output]
 
 
+def by_node(network: Network, layer_bounds: list, dtype: torch.dtype = torch.float64, device="cpu") -> dict:
+    """Layer bounds [(l, u) flat numpy or None] per `relu_inputs` node -> {node id: (l, u) tensors (1, *shape)}."""
+    described = relu_inputs(network)
+    if len(layer_bounds) != len(described):
+        raise ValueError(f"layer_bounds has {len(layer_bounds)} entries, the network describes {len(described)}")
+    return {k: tuple(torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype, device=device)
+                     .reshape(1, *network.nodes[k].op.out_shape) for x in lu)
+            for k, lu in zip(described, layer_bounds) if lu is not None}
+
+
 def _graph_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, layer_bounds: list | None
                  ) -> tuple[np.ndarray, list]:
     """IBP on a graph: lower bounds (k,) and layer bounds (module docstring), numpy float64."""
     described = relu_inputs(network)
-    given = {} if layer_bounds is None else {
-        k: tuple(torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(network.nodes[k].op.out_shape)
-                 for x in lu) for k, lu in zip(described, layer_bounds) if lu is not None}
+    given = {} if layer_bounds is None else by_node(network, layer_bounds)
     lo, hi = (torch.tensor(x, dtype=torch.float64)[None] for x in (box.lo, box.hi))
     with torch.no_grad():
         bounds = node_bounds(network, lo, hi, given)

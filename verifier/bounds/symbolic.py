@@ -192,12 +192,6 @@ def _refine(network: Network, k: int, l: Tensor, u: Tensor, relaxations: dict, c
     return flat_l.reshape(l.shape), flat_u.reshape(u.shape)
 
 
-def picked_rows(rows: Tensor, row: Tensor) -> Tensor:
-    """Row row[b] of box b: rows (B or 1, K, *shape), row (B,) -> (B, *shape)."""
-    B = row.shape[0]
-    return rows.expand(B, *rows.shape[1:])[torch.arange(B), row]
-
-
 def split_scores(network: Network, lo: Tensor, hi: Tensor, prop: Propagation, rows: dict, row: Tensor) -> Tensor:
     """How much bisecting each input dimension should help, (B, n): for every unstable neuron, the weight of its
     relaxation in the objective row `row` (B,) (|coefficient of the rows reaching its ReLU| x the triangle's
@@ -210,7 +204,7 @@ def split_scores(network: Network, lo: Tensor, hi: Tensor, prop: Propagation, ro
         i = network.nodes[r].inputs[0]
         l, u = prop.bounds[i]
         height = prop.relaxations[r].upper_offset[:, 0]  # 0 where stable
-        weight = picked_rows(lam, row).abs() * height / (u - l).clamp(min=1e-300)
+        weight = engine.picked_rows(lam, row).abs() * height / (u - l).clamp(min=1e-300)
         coef = prop.coef[i].abs().reshape(B, lo.shape[1], -1)
         score = score + (coef @ weight.reshape(B, -1, 1)).squeeze(-1)
     return score * (hi - lo)
