@@ -87,9 +87,32 @@ def evaluate_sample_task(model: str, model_sha256: str, x: np.ndarray, label: in
     return evaluate_sample(network, x, label, eps, methods=methods, clip=clip, options=options, index=index)
 
 
+# glibc malloc settings for worker processes: keep freed blocks up to 32 MiB in the heap (M_MMAP_THRESHOLD) and
+# return memory to the system only above 64 MiB free at the top (M_TRIM_THRESHOLD). Dask's nanny starts workers
+# with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 KiB: every tensor above it is
+# then mapped and unmapped anew, page faults included. That made a task 2.2-3x slower in a Dask worker
+# (ACAS Xu 4_2 prop_2: 55 s of CPU against 18 s; with these settings 15 s, see README "Beyond one machine").
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters from glibc's malloc.h
+
+
+def tune_malloc() -> bool:
+    """Set the worker's glibc malloc thresholds (above); False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+            bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def in_worker(function, *args) -> dict:
-    """Run a task in a worker process: one torch thread (the workers of a machine share its cores), then the
-    task. Module-level so that Dask and process pools pickle it by reference."""
+    """Run a task in a worker process: one torch thread (the workers of a machine share its cores), glibc's malloc
+    tuned (`tune_malloc`), then the task. Module-level so that Dask and process pools pickle it by reference."""
+    tune_malloc()
     torch = sys.modules.get("torch")
     if torch is None:  # not imported yet (and maybe never: a worker that only sleeps in benchmarks/cluster.py)
         os.environ["OMP_NUM_THREADS"] = "1"  # read when torch starts its thread pool
