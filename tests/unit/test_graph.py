@@ -183,3 +183,33 @@ def test_verify_decides_on_a_conv_graph_or_says_unknown(tmp_path):
     assert hard.status in ("unknown", "timeout", "violated")  # the engine's bound is far below 0 there
     C, d = margin_rows(label, net.n_outputs)
     assert bound(net, linf_ball(x0, 0.3), C, d, method="dual", slopes="opt").lower.min() < 0
+
+
+def test_ibp_bounds_a_rewritten_maxpool_by_the_max_of_its_operands(monkeypatch):
+    """MaxPool is rewritten into ``b + relu(a - b)``; IBP gives each such node [max(l_a, l_b), max(u_a, u_b)]
+    (every sampled value inside), tighter than adding the intervals of its terms."""
+    net = load_onnx(DATA / "Convnet_maxpool.onnx")
+    maxes = [k for k in range(len(net.nodes)) if interval.max_operands(net, k) is not None]
+    assert maxes
+    rng = np.random.default_rng(1)
+    x0 = rng.uniform(0.1, 0.9, size=net.n_inputs)
+    lo, hi = (torch.tensor(x0 + s * 0.02)[None] for s in (-1, 1))
+    with torch.no_grad():
+        bounds = interval.node_bounds(net, lo, hi)
+        points = lo + (hi - lo) * torch.rand(200, net.n_inputs, generator=torch.Generator().manual_seed(0),
+                                             dtype=torch.float64)
+        values = [points.reshape(200, *net.input_shape)]
+        for node in net.nodes[1:]:
+            values.append(node.op.forward(*[values[i] for i in node.inputs]))
+    for k in maxes:
+        a, b = interval.max_operands(net, k)
+        l, u = bounds[k]
+        torch.testing.assert_close(l, torch.maximum(bounds[a][0], bounds[b][0]), rtol=0, atol=1e-12)
+        torch.testing.assert_close(u, torch.maximum(bounds[a][1], bounds[b][1]), rtol=0, atol=1e-12)
+    for k, v in enumerate(values):
+        assert torch.all(v >= bounds[k][0] - 1e-9) and torch.all(v <= bounds[k][1] + 1e-9), k
+    monkeypatch.setattr(interval, "max_operands", lambda network, k: None)
+    with torch.no_grad():
+        summed = interval.node_bounds(net, lo, hi)
+    width = lambda bs: float(sum((u - l).sum() for l, u in bs[-1:]))  # noqa: E731  the outputs' intervals
+    assert width(bounds) < width(summed)

@@ -59,7 +59,27 @@ def interval_step(network: Network, k: int, bounds) -> tuple[Tensor, Tensor]:
         return args[0][0].clamp(min=0), args[0][1].clamp(min=0)
     mid = node.op.forward(*[(a + b) / 2 for a, b in args])
     rad = node.op.forward_abs(*[(b - a) / 2 for a, b in args])
-    return mid - rad, mid + rad
+    l, u = mid - rad, mid + rad
+    pair = max_operands(network, k)
+    if pair is not None:  # max(a, b) lies in [max(l_a, l_b), max(u_a, u_b)]: tighter than b + relu(a - b)'s sum
+        (la, ua), (lb, ub) = bounds[pair[0]], bounds[pair[1]]
+        l, u = torch.maximum(l, torch.maximum(la, lb)), torch.minimum(u, torch.maximum(ua, ub))
+    return l, u
+
+
+def max_operands(network: Network, k: int) -> tuple[int, int] | None:
+    """(a, b) when node k computes max(a, b) as ``relu(a - b) + b`` (how MaxPool is rewritten at load:
+    onnx_handlers._max_pool), else None."""
+    node = network.nodes[k]
+    if not (isinstance(node.op, ops.Sum) and node.op.coefficients == (1.0, 1.0)):
+        return None
+    relu, b = node.inputs
+    if not isinstance(network.nodes[relu].op, ops.ReLU):
+        return None
+    diff = network.nodes[network.nodes[relu].inputs[0]]
+    if isinstance(diff.op, ops.Sum) and diff.op.coefficients == (1.0, -1.0) and diff.inputs[1] == b:
+        return diff.inputs[0], b
+    return None
 
 
 def relu_inputs(network: Network) -> list[int]:
