@@ -5,11 +5,13 @@ A domain is one disjunct of the property on the input box with some ReLUs fixed 
 domains is bounded by one backward pass of the bound engine over B x M rows (the rows of each domain's disjunct)
 with, per domain:
 
-- layer bounds: the root's with the split neurons' made exact (active: l := max(l, 0); inactive: u := min(u, 0)),
-  then every ReLU input bounded again for the domain (interval arithmetic and backward passes, intersected), so a
-  split also tightens the layers after it (measured on MNIST 256x4 prop_3 eps 0.05: undecided after 40 s and
-  26k domains without this, proved in 7 s and 523 domains with it). A domain where some neuron's bounds cross
-  (l > u) holds no input: it is proved;
+- layer bounds: the parent domain's (the root's at first) with the split neuron's made exact (active:
+  l := max(l, 0); inactive: u := min(u, 0)), then the ReLU inputs after the split's layer bounded again for the
+  domain (interval arithmetic and backward passes, intersected), so a split also tightens the layers after it
+  (measured on MNIST 256x4 prop_3 eps 0.05: undecided after 40 s and 26k domains without this, proved in 7 s and
+  523 domains with it). Keeping each domain's bounds for its children and re-tightening only after the split's
+  layer: 661 -> 2057 domains in a 60 s run of MNIST 256x4 prop_13 eps 0.05. A domain where some neuron's bounds
+  cross (l > u) holds no input: it is proved;
 - lower ReLU slopes alpha in [0, 1] per (domain, row, root-unstable neuron);
 - multipliers beta >= 0 per (domain, row, root-unstable neuron) of the split constraints ``g = sign z >= 0``: on
   the domain ``c f(x) >= c f(x) - beta g(x)``, so a bound of ``c f - beta sign z`` over the whole box (the
@@ -18,12 +20,14 @@ with, per domain:
   per round, warm-started from the parent domain (a new split's beta starts at 0); each row keeps its best iterate.
 
 Search: best-first (lowest bound first, where counterexamples are likeliest); domains live in a pool of tensors
-(splits int8, alpha/beta float32 warm starts) capped by memory (beyond: the search stops, undecided). Branching:
-the free root-unstable neuron with the largest |row coefficient at its ReLU| x triangle height -l u / (u - l) in the
-domain's best row (BaBSR-like). A domain with nothing left worth splitting is "stuck": its pass is linear where it
-matters and the best beta makes it exact (LP duality), so it gets STUCK_STEPS more steps; what stays open is left
-to the caller (the MILP). Candidates: the box corner minimizing the best row's linear bound, and the caller's side
-attack, checked by `check` (float64, then onnxruntime on the original model).
+(splits int8, alpha/beta float32 warm starts, the splittable neurons' bounds) capped by memory (beyond: the search
+stops, undecided). Branching: the free root-unstable neuron with the largest |row coefficient at its ReLU| x
+triangle height -l u / (u - l) in the domain's best row (BaBSR-like), or with the largest height when every such
+product is 0 (a lower slope 0 after a neuron zeroes its coefficient without removing its relaxation error: on
+MNIST 256x4 prop_3 eps 0.05 such domains looked finished, went to the MILP and the instance took 56 s; split by
+height, 20 s without the MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP
+(`milp.min_max` without binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box corner minimizing the best row's linear bound, and the caller's
+side attack, checked by `check` (float64, then onnxruntime on the original model).
 Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``;
 float32 passes (`search`'s dtype) prove nothing until re-derived in float64.
 
@@ -40,14 +44,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bounds import engine
+from .bounds import engine, milp
 from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
+from .bounds.interval import relu_inputs
 from .network import Network
+from .spec import InputBox
 
 Tensor = torch.Tensor
 POOL_BYTES = 2e9  # memory the pool of open domains may take (alpha, beta warm starts in float32, splits int8)
-STEPS, ROOT_STEPS, STUCK_STEPS = 16, 30, 200  # Adam steps per round; at the root; on a domain with no split left
+STEPS, ROOT_STEPS = 16, 30  # Adam steps per round; at the root
 EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
 
@@ -83,37 +89,89 @@ class _Problem:
             self.slices[r] = slice(start, start + self.cols[r].numel())
             start += self.cols[r].numel()
         self.n_split = start
+        self.layer_starts = torch.tensor([self.slices[r].start for r in self.relus])
+        self.output_bounds = root.get(network.output)  # for the LP's layer bounds (the output node's entry)
         self.C = rows.C.reshape(rows.K, rows.M, *network.output_shape).to(dtype)
         self.d = rows.d.reshape(rows.K, rows.M).to(dtype)
 
-    def relaxations(self, splits: Tensor) -> tuple[dict, dict, dict, Tensor]:
-        """Per ReLU node, the domains' relaxations (B, 1, *shape) and split signs (B, *shape) for splits (B, N),
-        and which domains are empty (B,) (some neuron's l > u, beyond rounding: a
-        domain where a neuron takes a single value gets l = u computed two ways, and they may cross by ~1e-17).
+    def layer_of(self, columns: Tensor) -> Tensor:
+        """Position in self.relus of the ReLU node of each splittable column (n,) -> (n,)."""
+        return torch.searchsorted(self.layer_starts, columns, right=True) - 1
 
-        The root's bounds with the split neurons' made exact; with self.retighten, every ReLU input is bounded
-        again per domain (interval arithmetic and a backward pass for its unstable entries, as at the root),
-        intersected with those: a split tightens the bounds of the layers after it, not only its own neuron."""
+    def relaxations(self, splits: Tensor, inherited: tuple | None = None, newest: Tensor | None = None
+                    ) -> tuple[dict, dict, Tensor, tuple]:
+        """Per ReLU node, the domains' relaxations (B, 1, *shape) and split signs (B, *shape) for splits (B, N),
+        which domains are empty (B,) (some neuron's l > u, beyond rounding: a domain where a neuron takes a single
+        value gets l = u computed two ways, and they may cross by ~1e-17), and the bounds (l, u) (B, N) of the
+        splittable neurons they used (for the domains' children).
+
+        The root's bounds, or the parent domains' (inherited (l, u) (B, N): valid, as a child's inputs are some of
+        its parent's), with the split neurons' made exact; with self.retighten, the ReLU inputs after the layer of
+        the newest split (newest (B,): its position in self.relus) are bounded again per domain (interval
+        arithmetic and a backward pass for their unstable entries, as at the root) and intersected with those: a
+        split tightens the bounds of the layers after it, not only its own neuron. The layers up to the newest
+        split's keep the inherited bounds (the pass would give them what it gave the parent), so a split in the
+        last ReLU layer costs no pass at all."""
         B = splits.shape[0]
         given, sign = {}, {}
         for r in self.relus:
             l, u = (x.expand(B, -1) for x in self.root[r])
+            if inherited is not None:
+                l, u = l.index_copy(1, self.cols[r], inherited[0][:, self.slices[r]].to(l.dtype)), \
+                    u.index_copy(1, self.cols[r], inherited[1][:, self.slices[r]].to(u.dtype))
             s = torch.zeros_like(l)
             s[:, self.cols[r]] = splits[:, self.slices[r]].to(l.dtype)
             l, u = torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)
             given[self.network.nodes[r].inputs[0]] = (l.reshape(B, *self.shapes[r]), u.reshape(B, *self.shapes[r]))
             sign[r] = s.reshape(B, *self.shapes[r])
-        if self.retighten:
-            lo, hi = (self.centre - self.radius).expand(B, -1), (self.centre + self.radius).expand(B, -1)
-            bounds, relax = engine.node_bounds(self.network, lo, hi, "adaptive", reference=given, output_pass=False)
-        else:
-            bounds, relax = given, {r: engine.relax(*given[self.network.nodes[r].inputs[0]], "adaptive")
-                                    for r in self.relus}
+        bounds = dict(given)
+        if self.retighten:  # per group of domains whose newest split is in the same layer
+            lo, hi = self.centre - self.radius, self.centre + self.radius
+            layers = torch.full((B,), -1) if newest is None or inherited is None else newest
+            for last in layers.unique().tolist():
+                later = [self.network.nodes[r].inputs[0] for r in self.relus[last + 1:]]
+                if not later:
+                    continue
+                idx = (layers == last).nonzero().flatten()
+                part = {k: (l[idx], u[idx]) for k, (l, u) in given.items()}
+                exact = {self.network.nodes[r].inputs[0]: part[self.network.nodes[r].inputs[0]]
+                         for r in self.relus[:last + 1]}
+                new, _ = engine.node_bounds(self.network, lo.expand(idx.numel(), -1), hi.expand(idx.numel(), -1),
+                                            "adaptive", exact, reference=part, output_pass=False)
+                for k in later:
+                    bounds[k] = tuple(x.index_copy(0, idx, y) for x, y in zip(bounds[k], new[k]))
+        relax = {r: engine.relax(*bounds[self.network.nodes[r].inputs[0]], "adaptive") for r in self.relus}
         empty = torch.zeros(B, dtype=torch.bool)
+        used_l, used_u = [], []
         for r in self.relus:
             l, u = (x.reshape(B, -1) for x in bounds[self.network.nodes[r].inputs[0]])
             empty |= (l > u + EMPTY_MARGIN * (1 + u.abs())).any(1)  # rounding alone crosses a point's bounds
-        return relax, sign, empty
+            used_l.append(l[:, self.cols[r]])
+            used_u.append(u[:, self.cols[r]])
+        return relax, sign, empty, (torch.cat(used_l, 1), torch.cat(used_u, 1))
+
+    def decide_region(self, network: Network, used: tuple, disjunct: int, deadline: float
+                      ) -> tuple[bool, np.ndarray | None]:
+        """Whether one domain is proved (every point of it is safe for the disjunct's conjunction), and the best
+        point the solver met (a candidate counterexample: any point of the box below 0 is one, in the domain or
+        not). By `milp.min_max` deciding ``min_x max_rows > 0`` with the domain's layer bounds: the splittable
+        neurons' used (l, u) (N,) float64, the root's elsewhere (the split neurons' are clamped in them). For a
+        linear region (every neuron stable under these bounds) the MILP has no binary variable: one LP, exact.
+        The proof is the solver's checked one (DESIGN.md rule 2), as for every MILP."""
+        layer_bounds = []
+        for r in self.relus:
+            l, u = (x[0].double().clone() for x in self.root[r])
+            l[self.cols[r]], u[self.cols[r]] = used[0][self.slices[r]].double(), used[1][self.slices[r]].double()
+            layer_bounds.append((l.numpy(), u.numpy()))
+        if self.output_bounds is not None and len(layer_bounds) < len(relu_inputs(network)):
+            layer_bounds.append(tuple(x.reshape(-1).double().numpy() for x in self.output_bounds))
+        lo, hi = ((self.centre + sign * self.radius)[0].double().numpy() for sign in (-1, 1))
+        C = self.C[disjunct].reshape(self.C.shape[1], -1).double().numpy()
+        d = self.d[disjunct].double().numpy()
+        keep = np.isfinite(d)  # padding rows (d = -inf) impose nothing
+        lower, _, x, status = milp.min_max(network, InputBox(lo, hi), C[keep], d[keep], layer_bounds=layer_bounds,
+                                           time_limit=max(deadline - time.perf_counter(), 0.0), decide=0.0)
+        return status == "pruned" or lower > PROOF_MARGIN, x
 
     def start_alpha(self) -> Tensor:
         """The root's adaptive lower slopes of the splittable neurons, (1, 1, N)."""
@@ -121,14 +179,14 @@ class _Problem:
         return torch.cat(parts, 1).unsqueeze(1)
 
     def bound(self, splits: Tensor, disjunct: Tensor, alpha: Tensor, beta: Tensor, steps: int, lr: float = 0.1,
-              deadline: float | None = None):
+              deadline: float | None = None, inherited: tuple | None = None, newest: Tensor | None = None):
         """Optimized lower bounds (B, M) of the rows of each domain's disjunct; splits (B, N), disjunct (B,),
-        alpha, beta (B, M, N) warm starts. Returns (lower, alpha, beta (the best iterate per row, in self.dtype),
-        the final pass's record (`engine.backward`: rows reaching each ReLU, input coefficients (B, M, n)), the
-        relaxations {r: (B, 1, *shape)}). No step
-        starts after `deadline` (time.perf_counter()); every iterate is sound."""
+        alpha, beta (B, M, N) warm starts; inherited, newest: see `relaxations`. Returns (lower, alpha, beta (the
+        best iterate per row, in self.dtype), the final pass's record (`engine.backward`: rows reaching each ReLU,
+        input coefficients (B, M, n)), the relaxations {r: (B, 1, *shape)}, the splittable neurons' bounds (l, u)
+        (B, N)). No step starts after `deadline` (time.perf_counter()); every iterate is sound."""
         with torch.no_grad():
-            relax, sign, empty = self.relaxations(splits)
+            relax, sign, empty, used = self.relaxations(splits, inherited, newest)
         B = splits.shape[0]
         centre, radius = self.centre.expand(B, -1), self.radius.expand(B, -1)
         C, d = self.C[disjunct], self.d[disjunct]
@@ -162,7 +220,7 @@ class _Problem:
         with torch.no_grad():  # rows are independent in the pass: the best slopes of each row reproduce its best
             lower = run(best_a, best_b, record)
         lower = torch.where(empty.unsqueeze(1), torch.full_like(lower, torch.inf), lower)  # no input: holds
-        return lower, best_a, best_b, record, relax
+        return lower, best_a, best_b, record, relax, used
 
 
 def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadline: float,
@@ -188,13 +246,14 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     M, N = rows.M, problem.n_split
     sizes = sum(int(np.prod(node.op.out_shape)) for node in network.nodes)
     max_batch = int(max(1, min(max_batch, 2e8 / (M * sizes))))
-    max_pool = int(max(1, pool_bytes / (8 * M * N + N + 64)))
+    max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 64)))
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "rechecked": 0, "stuck": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
     disjunct = torch.arange(rows.K)
     splits = torch.zeros(rows.K, N, dtype=torch.int8)
     alpha = problem.start_alpha().expand(rows.K, M, -1)
     beta = torch.zeros(rows.K, M, N, dtype=dtype)
+    inherited, newest = None, None  # the parents' bounds of the splittable neurons; layer of the newest split
     pool, n_steps, batch = None, root_steps, 8
 
     def finish(status: str, x=None) -> SearchResult:
@@ -206,7 +265,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         stats["domains"] += B
         stats["bound_calls"] += 1
         step_start = time.perf_counter()
-        lower, alpha, beta, record, relax = problem.bound(splits, disjunct, alpha, beta, n_steps, deadline=deadline)
+        lower, alpha, beta, record, relax, used = problem.bound(splits, disjunct, alpha, beta, n_steps,
+                                                                deadline=deadline, inherited=inherited, newest=newest)
         took, n_steps = time.perf_counter() - step_start, steps
         if took < STEP_SECONDS / 2 and B >= batch:  # rounds of about STEP_SECONDS: deadlines kept, memory bounded
             batch = min(2 * batch, max_batch)
@@ -215,7 +275,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         key = lower.amax(1) - PROOF_MARGIN  # a domain is proved when one row of its conjunction is
         if exact is not problem and bool((key > 0).any()):  # float32 claims: re-derived in float64
             claimed = (key > 0).nonzero().flatten()
-            again, *_ = exact.bound(splits[claimed], disjunct[claimed], alpha[claimed], beta[claimed], 0)
+            again, *_ = exact.bound(splits[claimed], disjunct[claimed], alpha[claimed], beta[claimed], 0)  # root
             key[claimed] = (again.amax(1) - PROOF_MARGIN).to(key.dtype)
             stats["rechecked"] += claimed.numel()
         open_ = key <= 0
@@ -228,33 +288,42 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         if x is not None:
             return finish("violated", x)
         # triangle height -l u / (u - l) = the upper line's offset (0 where stable)
-        score = torch.cat([(engine.picked_rows(record[r], row).abs() * relax[r].upper_offset[:, 0])
-                           .reshape(B, -1)[:, problem.cols[r]] for r in problem.relus], 1)
-        score = torch.where(splits == 0, score, torch.zeros_like(score))
-        stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # nothing left to split that could help
-        if stuck.numel():  # the pass is (nearly) linear there: many more steps on beta, else the MILP's to settle
-            again, *_ = exact.bound(splits[stuck], disjunct[stuck], alpha[stuck], beta[stuck], STUCK_STEPS,
-                                    deadline=deadline)
-            proved = again.amax(1) - PROOF_MARGIN > 0
-            open_[stuck[proved]] = False
-            still[disjunct[stuck[~proved]]] = True
-            open_[stuck[~proved]] = False
-            stats["stuck"] += stuck.numel()
+        height = torch.cat([relax[r].upper_offset[:, 0].reshape(B, -1)[:, problem.cols[r]] for r in problem.relus],
+                           1)
+        height = torch.where(splits == 0, height, torch.zeros_like(height))
+        score = torch.cat([engine.picked_rows(record[r], row).abs().reshape(B, -1)[:, problem.cols[r]]
+                           for r in problem.relus], 1) * height
+        # a zero row coefficient can hide relaxation error (a lower slope 0 after it): the height decides there
+        score = torch.where((score > 0).any(1, keepdim=True), score, height)
+        stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # every splittable neuron split or stable
+        for j in stuck.tolist():  # a linear region: its LP decides it
+            if time.perf_counter() > deadline:
+                break
+            kept = tuple(x[j] for x in used) if exact is problem else \
+                tuple(x[0] for x in exact.relaxations(splits[j:j + 1])[3])  # float64 bounds only
+            proved, x = exact.decide_region(network, kept, int(disjunct[j]), deadline)
+            found = None if proved or x is None else check(torch.as_tensor(x).reshape(1, -1))
+            if found is not None:
+                return finish("violated", found)
+            still[disjunct[j]] |= not proved  # undecided: the caller's
+            open_[j] = False
+            stats["stuck"] += 1
         pool = merge_pool(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
-                          beta[open_].float(), score[open_])
+                          beta[open_].float(), score[open_], used[0][open_], used[1][open_])
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
         if len(pool[0]) == 0:
             return finish("open" if still.any() else "holds")
         if time.perf_counter() > deadline or len(pool[0]) > max_pool:
             still[pool[2]] = True
             return finish("open")
-        (splits, disjunct, alpha, beta, score), pool = pop_lowest(pool, batch)
+        (splits, disjunct, alpha, beta, score, low, up), pool = pop_lowest(pool, batch)
         choice = score.argmax(1)
         n = splits.shape[0]
         splits = splits.repeat(2, 1)
         splits[torch.arange(n), choice] = 1
         splits[n + torch.arange(n), choice] = -1
         disjunct, alpha, beta = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1)
+        inherited, newest = (low.repeat(2, 1), up.repeat(2, 1)), problem.layer_of(choice).repeat(2)
 
 
 def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:

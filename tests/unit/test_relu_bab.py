@@ -98,6 +98,42 @@ def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits)
         assert float(lower[b, 0]) <= exact + 1e-7, (b, phases)
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10**6), width=st.integers(2, 4), first=st.integers(0, 3))
+def test_inherited_bounds_and_the_lp_of_a_linear_region(seed, width, first):
+    """A child bounded from its parent's bounds (only the layers after its newest split bounded again) stays below
+    its exact minimum; once every splittable neuron is split, one LP (`decide_region`) decides it exactly."""
+    rng, net, box = setup(seed, [3, width, width, 2])
+    C = rng.normal(size=(1, 2))
+    rows = _Rows.of(Property(((C, np.zeros(1)),)), 2)
+    lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
+    problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, np.zeros(1)))
+    assume(problem.n_split > 0)
+    order = rng.permutation(problem.n_split)
+    sides = torch.tensor(rng.choice([-1, 1], size=problem.n_split), dtype=torch.int8)
+    parent = torch.zeros(1, problem.n_split, dtype=torch.int8)
+    parent[0, order[:first]] = sides[order[:first]]
+    *_, empty, used = problem.relaxations(parent)
+    child = parent.clone()
+    child[0, order[first:]] = sides[order[first:]]
+    newest = problem.layer_of(torch.tensor(order[first:]))[-1:] if first < problem.n_split else None
+    alpha = problem.start_alpha().expand(1, 1, -1).clone()
+    zero = torch.zeros(1, 1, problem.n_split, dtype=torch.float64)
+    lower, *_, kept = problem.bound(child, torch.zeros(1, dtype=torch.long), alpha, zero, steps=10,
+                                    inherited=used, newest=newest)
+    phases = {}
+    for r, layer in zip(problem.relus, [i for i, relu in enumerate(net.relu_after) if relu]):
+        for j, col in enumerate(problem.cols[r].tolist()):
+            phases[(layer, col)] = int(child[0, problem.slices[r]][j])
+    exact = domain_minimum(net, box, C[0], phases)
+    assert float(lower[0, 0]) <= exact + 1e-7
+    if np.isfinite(exact) and float(lower[0, 0]) < np.inf and abs(exact) > 1e-5:  # (not shown empty, no tie)
+        proved, x = problem.decide_region(net, tuple(x[0] for x in kept), 0, time.perf_counter() + 30)
+        assert proved == (exact > 0)
+        if exact < 0:  # the solver's point is a counterexample (in the box; in the domain or not)
+            assert box.contains(x) and float(C[0] @ net.forward(x)) <= 0
+
+
 def test_beta_tightens_a_split_domain():
     # splitting a neuron and optimizing beta gives at least the bound of fixing the neuron alone, and more on some
     # domain of these nets (the split constraint itself enters the bound)

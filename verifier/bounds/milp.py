@@ -84,7 +84,8 @@ def _epigraph(problem: solvers.LinearProblem, G: sp.csr_matrix, g0: np.ndarray,
                                  np.concatenate([problem.b_ub, rhs]), A_eq.tocsr(), b_eq,
                                  np.concatenate([problem.lb, [t_range[0]], np.zeros(m)]),
                                  np.concatenate([problem.ub, [t_range[1]], np.ones(m)]),
-                                 np.concatenate([problem.integrality, [False], np.ones(m, dtype=bool)]))
+                                 np.concatenate([np.zeros(n, dtype=bool) if problem.integrality is None
+                                                 else problem.integrality, [False], np.ones(m, dtype=bool)]))
 
 
 def _setup(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, layer_bounds: list | None,
