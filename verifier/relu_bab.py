@@ -6,12 +6,12 @@ domains is bounded by one backward pass of the bound engine over B x M rows (the
 with, per domain:
 
 - layer bounds: the parent domain's (the root's at first) with the split neuron's made exact (active:
-  l := max(l, 0); inactive: u := min(u, 0)), then the ReLU inputs after the split's layer bounded again for the
-  domain (interval arithmetic and backward passes, intersected), so a split also tightens the layers after it
-  (measured on MNIST 256x4 prop_3 eps 0.05: undecided after 40 s and 26k domains without this, proved in 7 s and
-  523 domains with it). Keeping each domain's bounds for its children and re-tightening only after the split's
-  layer: 661 -> 2057 domains in a 60 s run of MNIST 256x4 prop_13 eps 0.05. A domain where some neuron's bounds
-  cross (l > u) holds no input: it is proved;
+  l := max(l, 0); inactive: u := min(u, 0)), then the inputs of the ReLU layer after the split's bounded again for
+  the domain (interval arithmetic and backward passes, intersected), so a split also tightens the layer after it
+  (measured on MNIST 256x4 prop_3 eps 0.05: undecided after 40 s and 26k domains without re-tightening, proved in
+  7 s and 523 domains with every layer re-tightened from the root's bounds; keeping each domain's bounds for its
+  children and re-tightening only what a split changes: `_Problem.relaxations`). A domain where some neuron's
+  bounds cross (l > u) holds no input: it is proved;
 - lower ReLU slopes alpha in [0, 1] per (domain, row, root-unstable neuron);
 - multipliers beta >= 0 per (domain, row, root-unstable neuron) of the split constraints ``g = sign z >= 0``: on
   the domain ``c f(x) >= c f(x) - beta g(x)``, so a bound of ``c f - beta sign z`` over the whole box (the
@@ -56,6 +56,7 @@ POOL_BYTES = 2e9  # memory the pool of open domains may take (alpha, beta warm s
 STEPS, ROOT_STEPS = 16, 30  # Adam steps per round; at the root
 EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
+RETIGHTEN_LAYERS = 1  # ReLU layers after a domain's newest split whose inputs are bounded again (see relaxations)
 TOP_K = 1  # candidates per domain whose children are estimated before branching (1: the best score alone; measured
 # on MNIST 256x4 prop_3 eps 0.05: 1 proves it in 14 s, 4 runs out of 60 s after 14745 domains: the estimate, with
 # the parent's layer bounds, misses what re-tightening the children gains)
@@ -110,12 +111,14 @@ class _Problem:
         splittable neurons they used (for the domains' children).
 
         The root's bounds, or the parent domains' (inherited (l, u) (B, N): valid, as a child's inputs are some of
-        its parent's), with the split neurons' made exact; with self.retighten, the ReLU inputs after the layer of
-        the newest split (newest (B,): its position in self.relus) are bounded again per domain (interval
-        arithmetic and a backward pass for their unstable entries, as at the root) and intersected with those: a
-        split tightens the bounds of the layers after it, not only its own neuron. The layers up to the newest
-        split's keep the inherited bounds (the pass would give them what it gave the parent), so a split in the
-        last ReLU layer costs no pass at all."""
+        its parent's), with the split neurons' made exact; with self.retighten, the inputs of the RETIGHTEN_LAYERS
+        ReLU layers after the newest split's (newest (B,): its position in self.relus) are bounded again per domain
+        (interval arithmetic and a backward pass for their unstable entries, as at the root) and intersected with
+        those: a split tightens the bounds of the layer after it, not only its own neuron. The other layers keep
+        the inherited bounds (up to the split's, the pass would give them what it gave the parent), so a split in
+        the last ReLU layer costs no pass at all. Measured on MNIST 256x4 (one torch thread, loaded machine):
+        prop_3 eps 0.05 proved in 10.0 / 10.2 s with one layer, 14.4 / 12.4 s with every later layer; in 60 s
+        runs of prop_11 / prop_14 / prop_13, 14157 / 9415 / 4041 domains against 8975 / 3513 / 2473."""
         B = splits.shape[0]
         given, sign = {}, {}
         for r in self.relus:
@@ -133,13 +136,13 @@ class _Problem:
             lo, hi = self.centre - self.radius, self.centre + self.radius
             layers = torch.full((B,), -1) if newest is None or inherited is None else newest
             for last in layers.unique().tolist():
-                later = [self.network.nodes[r].inputs[0] for r in self.relus[last + 1:]]
+                later = [self.network.nodes[r].inputs[0] for r in self.relus[last + 1:last + 1 + RETIGHTEN_LAYERS]]
                 if not later:
                     continue
                 idx = (layers == last).nonzero().flatten()
                 part = {k: (l[idx], u[idx]) for k, (l, u) in given.items()}
                 exact = {self.network.nodes[r].inputs[0]: part[self.network.nodes[r].inputs[0]]
-                         for r in self.relus[:last + 1]}
+                         for r in self.relus[:last + 1] + self.relus[last + 1 + RETIGHTEN_LAYERS:]}
                 new, _ = engine.node_bounds(self.network, lo.expand(idx.numel(), -1), hi.expand(idx.numel(), -1),
                                             "adaptive", exact, reference=part, output_pass=False)
                 for k in later:
