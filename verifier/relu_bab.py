@@ -169,7 +169,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            check: Callable[[Tensor], np.ndarray | None],
            side_attack: Callable[[float], np.ndarray | None] | None = None, max_batch: int = 256,
            steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float64,
-           retighten: bool = True, pool_bytes: float = POOL_BYTES) -> SearchResult:
+           retighten: bool = True, pool_bytes: float = POOL_BYTES, closed: list | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     lo, hi (1, n_inputs) float64; rows: `bab._Rows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
@@ -180,7 +180,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     root_steps: Adam steps per round / at the root.
     dtype float32: the passes run in float32 and every domain they prove is bounded again in float64 from the
     same slopes and multipliers (one pass, no optimization): only that float64 bound proves. retighten: see
-    `_Problem.relaxations`.
+    `_Problem.relaxations`. closed: a list that gets {"cols": per ReLU node its splittable neurons} first,
+    then (splits, disjunct, alpha, beta) of every batch of domains proved (for certificates).
     """
     start = time.perf_counter()
     problem = _Problem(network, lo, hi, rows, root, dtype, retighten)
@@ -196,6 +197,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     alpha = problem.start_alpha().expand(rows.K, M, -1)
     beta = torch.zeros(rows.K, M, N, dtype=dtype)
     pool, n_steps, batch = None, root_steps, 8
+    if closed is not None:
+        closed.append({"cols": [problem.cols[r] for r in problem.relus]})
 
     def finish(status: str, x=None) -> SearchResult:
         stats["seconds"] = round(time.perf_counter() - start, 4)
@@ -219,6 +222,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             key[claimed] = (again.amax(1) - PROOF_MARGIN).to(key.dtype)
             stats["rechecked"] += claimed.numel()
         open_ = key <= 0
+        if closed is not None and bool((~open_).any()):
+            closed.append(tuple(x[~open_] for x in (splits, disjunct, alpha, beta)))
         row = lower.argmax(1)
         corners = torch.where(engine.picked_rows(record[0], row) > 0, lo, hi)[open_]
         extra = side_attack(time.perf_counter() - start) if side_attack is not None else None
@@ -233,9 +238,11 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         score = torch.where(splits == 0, score, torch.zeros_like(score))
         stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # nothing left to split that could help
         if stuck.numel():  # the pass is (nearly) linear there: many more steps on beta, else the MILP's to settle
-            again, *_ = exact.bound(splits[stuck], disjunct[stuck], alpha[stuck], beta[stuck], STUCK_STEPS,
-                                    deadline=deadline)
+            again, a, b, *_ = exact.bound(splits[stuck], disjunct[stuck], alpha[stuck], beta[stuck], STUCK_STEPS,
+                                          deadline=deadline)
             proved = again.amax(1) - PROOF_MARGIN > 0
+            if closed is not None and bool(proved.any()):
+                closed.append((splits[stuck[proved]], disjunct[stuck[proved]], a[proved], b[proved]))
             open_[stuck[proved]] = False
             still[disjunct[stuck[~proved]]] = True
             open_[stuck[~proved]] = False

@@ -1,0 +1,584 @@
+"""`verify-check MODEL.onnx P.vnnlib CERT`: the independent checker of "holds" certificates (certificate.py).
+
+It shares no code with the rest of the package (numpy and the `onnx` reader only) and trusts nothing the
+certificate says that it can recompute:
+
+- the sha256 of both files must be the certificate's;
+- the ONNX file is read here (a chain of Gemm / MatMul (+ Add / Sub bias) layers with Relu between them; Sub,
+  Add, Mul, Div by constants before the first matrix; Flatten / Reshape / Identity anywhere) and the VNN-LIB file
+  is parsed here (its own small parser; constants read as float64, arithmetic on them exact); every unsafe
+  conjunction of the file must lie inside some certified pair: a box containing its input box and a disjunct
+  whose every row is implied by one of its output rows (same coefficients, right-hand side at least as large);
+- coverage: an input-split proof is a tree of cuts (dimension, point) whose leaf boxes the checker derives, so
+  they tile the box; a ReLU-split proof is a set of leaves (sign per split neuron) per disjunct that must form a
+  complete binary tree (each subtree's leaves share a split neuron, both sides present, down to a leaf);
+- every leaf's bound is recomputed (no optimization): layer bounds by interval arithmetic intersected with the
+  pair's root bounds and back-substitution (CROWN: triangle upper line, adaptive lower slope), split neurons
+  clamped to their side; then each row of the disjunct by back-substitution with the stored lower slopes (alpha,
+  adaptive where none is stored) and split multipliers (beta >= 0). Every floating-point result is bounded
+  outwards: products and sums by np.nextafter, matrix products by gamma_n |A| |B| (gamma_n = n u / (1 - n u),
+  u = 2^-53) times a bound of the values they multiply, plus an absolute term for underflow. A leaf is proved
+  when some row of each disjunct it must rule out has a lower bound > 0 (strictly; the arithmetic is rigorous,
+  so no extra margin), or when its layer bounds cross (no input reaches it). MILP-decided leaves are trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "verifier-certificate"
+VERSION = 1
+U = 2.0 ** -53
+TINY = 2.0 ** -1000  # per unit of magnitude: far above any sum of underflow errors (n * 2^-1074)
+CHUNK = 4096  # rows per backward pass (bounds the memory)
+
+
+class BadInput(Exception):
+    """A file that cannot be read or holds something this checker does not support (exit code 2)."""
+
+
+class Invalid(Exception):
+    """The certificate does not prove the property (exit code 1)."""
+
+
+def _down(x):
+    return np.nextafter(x, -np.inf)
+
+
+def _up(x):
+    return np.nextafter(x, np.inf)
+
+
+def _gamma(n: int) -> float:
+    return 3.0 * (n + 2) * U  # >= gamma_{n+2} with room for rounding the error terms themselves
+
+
+def _err(scale, n: int, magnitude=0.0):
+    """An upper bound of the rounding error of a dot product of length n whose |terms| sum (computed) to scale."""
+    return _up(_up(_gamma(n) * scale) + TINY * (1.0 + magnitude))
+
+
+# ---------------------------------------------------------------------------------------------- the network
+class Chain:
+    """The network as checked: `pre`, elementwise ops [(name, c (n_inputs,))] applied to the input box first;
+    `layers` [(W (out, in), b_lo (out,), b_hi (out,), relu)], every layer but maybe the last with relu."""
+
+    def __init__(self, pre: list, layers: list, n_inputs: int) -> None:
+        self.pre, self.layers, self.n_inputs = pre, layers, n_inputs
+        self.n_outputs = layers[-1][0].shape[0]
+
+
+def read_onnx(path: Path) -> Chain:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as exc:
+        raise BadInput(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    const = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in graph.initializer}
+    data_inputs = [i for i in graph.input if i.name not in const]
+    if len(data_inputs) != 1:
+        raise BadInput(f"{path}: expected one data input, found {len(data_inputs)}")
+    shape = tuple(max(d.dim_value, 1) for d in data_inputs[0].type.tensor_type.shape.dim)
+    n = int(np.prod(shape))
+    data, pre, layers, state = data_inputs[0].name, [], [], "input"
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        op, ins = node.op_type, list(node.input)
+        if op == "Constant":
+            const[node.output[0]] = numpy_helper.to_array(attrs["value"]).astype(np.float64)
+            continue
+        if data not in ins:
+            raise BadInput(f"{path}: node {node.name or op} ({op}) is not on the single data path")
+        other = [const[i] for i in ins if i != data and i in const]
+        if op in ("Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze"):
+            pass
+        elif op == "Relu" and state == "dense":
+            layers[-1][3] = True
+            state = "relu"
+        elif op in ("Sub", "Add", "Mul", "Div") and len(other) == 1 and ins[0] == data:
+            c = other[0]
+            if state == "input":
+                pre.append((op, np.broadcast_to(c, shape).reshape(-1).copy() if c.size != n else c.reshape(-1)))
+            elif state == "dense" and op in ("Add", "Sub") and c.size in (1, layers[-1][0].shape[0]):
+                c = np.broadcast_to(c.reshape(-1), layers[-1][1].shape) * (1.0 if op == "Add" else -1.0)
+                layers[-1][1], layers[-1][2] = _down(layers[-1][1] + c), _up(layers[-1][2] + c)
+            else:
+                raise BadInput(f"{path}: {op} after a {'ReLU' if state == 'relu' else 'matrix'} is not supported")
+        elif op in ("MatMul", "Gemm") and state != "dense" and other:
+            if op == "Gemm":
+                if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
+                    raise BadInput(f"{path}: Gemm with alpha/beta != 1 or transA is not supported")
+                B = const[ins[1]]
+                W = B if attrs.get("transB", 0) else B.T
+                b = const[ins[2]].reshape(-1) if len(ins) > 2 and ins[2] else np.zeros(W.shape[0])
+            else:
+                W = other[0].T if ins[0] == data else other[0]
+                b = np.zeros(W.shape[0])
+            if W.ndim != 2:
+                raise BadInput(f"{path}: {op} with a {W.ndim}-d constant is not supported")
+            layers.append([W, np.broadcast_to(b, W.shape[0]).copy(), np.broadcast_to(b, W.shape[0]).copy(), False])
+            state = "dense"
+        else:
+            raise BadInput(f"{path}: node {node.name or op} ({op}) is not supported by the checker (dense ReLU "
+                           "chains only)")
+        data = node.output[0]
+    if not layers or data != graph.output[0].name:
+        raise BadInput(f"{path}: the output is not the end of a chain of dense layers")
+    for (W, *_), (W2, *_) in zip(layers, layers[1:]):
+        if W2.shape[1] != W.shape[0]:
+            raise BadInput(f"{path}: layer sizes do not chain ({W.shape} then {W2.shape})")
+    if layers[0][0].shape[1] != n or any(not (layer[3] or k == len(layers) - 1) for k, layer in enumerate(layers)):
+        raise BadInput(f"{path}: not a chain of dense layers with ReLU between them")
+    return Chain(pre, [tuple(layer) for layer in layers], n)
+
+
+def _preprocess(chain: Chain, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box (B, n) through the elementwise ops before the first matrix, rounded outwards."""
+    for op, c in chain.pre:
+        if op in ("Add", "Sub"):
+            c = c if op == "Add" else -c
+            lo, hi = _down(lo + c), _up(hi + c)
+        else:
+            if op == "Div" and np.any(c == 0):
+                raise BadInput("the model divides by 0")
+            a, b = (lo * c, hi * c) if op == "Mul" else (lo / c, hi / c)
+            lo, hi = _down(np.minimum(a, b)), _up(np.maximum(a, b))
+    return lo, hi
+
+
+# ------------------------------------------------------------------------------------------- the bounds
+def _dot_lower(A: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Rigorous lower bound (P,) of min over lo <= v <= hi of A v; A, lo, hi (P, n)."""
+    pos, neg = np.maximum(A, 0), np.minimum(A, 0)
+    p = np.einsum("pn,pn->p", pos, lo) + np.einsum("pn,pn->p", neg, hi)
+    scale = np.einsum("pn,pn->p", pos, np.abs(lo)) - np.einsum("pn,pn->p", neg, np.abs(hi))
+    return _down(p - _err(scale, A.shape[1] + 1))
+
+
+def _upper_line(l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope s and offset t >= 0 with s z + t >= relu(z) at z = l and z = u (so on [l, u]), for l < 0 < u."""
+    s = u / (u - np.where(u > l, l, u - 1.0))
+    t = np.maximum(_up(-(s * l)), _up(u - _down(s * u)))
+    return s, np.maximum(t, 0.0)
+
+
+def _backward(chain: Chain, top: int, Lam: np.ndarray, const: np.ndarray, leaf: np.ndarray, bounds: list,
+              lo: np.ndarray, hi: np.ndarray, alpha: dict | None = None, beta: dict | None = None,
+              sign: list | None = None) -> np.ndarray:
+    """Rigorous lower bound (P,) of ``Lam h_top + const`` over each row's leaf (module docstring).
+
+    Lam (P, n_top) on the output of layer `top` (after its ReLU if it has one); const (P,); leaf (P,) indexes
+    bounds [(l, u) (B, n_j)] (pre-activations) and the preprocessed box lo, hi (B, n_inputs); alpha / beta
+    {layer: (P, n_j)} lower slopes (NaN: adaptive) and split multipliers; sign [(B, n_j) in {-1, 0, 1}]."""
+    for j in range(top, -1, -1):
+        W, b_lo, b_hi, relu = chain.layers[j]
+        if relu:  # Lam on relu(z_j) -> on z_j
+            l, u = bounds[j][0][leaf], bounds[j][1][leaf]
+            unstable, active = (l < 0) & (u > 0), l >= 0
+            s, t = _upper_line(l, u)
+            slope = np.where(u >= -l, 1.0, 0.0)
+            if alpha is not None and j in alpha:
+                slope = np.where(np.isnan(alpha[j]), slope, np.clip(np.nan_to_num(alpha[j]), 0.0, 1.0))
+            pos, neg = np.maximum(Lam, 0), np.minimum(Lam, 0)
+            new = np.where(active, Lam, np.where(unstable, pos * slope + neg * s, 0.0))
+            t = np.where(unstable, t, 0.0)
+            shift = np.einsum("pn,pn->p", neg, t)
+            const = _down(const + _down(shift - _err(-shift, W.shape[0])))
+            extra = np.zeros_like(Lam)
+            if beta is not None and j in beta:
+                extra = np.maximum(np.nan_to_num(beta[j]), 0.0)
+                new = new - extra * sign[j][leaf]
+            mag = np.maximum(np.abs(l), np.abs(u))
+            rounding = np.einsum("pn,pn->p", np.abs(Lam) + extra, mag)  # elementwise roundings: <= 3 u each
+            const = _down(const - _err(rounding, 2, mag.sum(1)))
+            Lam = new
+        # Lam on z_j = W h + b -> on h (the previous layer's output or the input)
+        pos, neg = np.maximum(Lam, 0), np.minimum(Lam, 0)
+        p = pos @ b_lo + neg @ b_hi
+        const = _down(const + _down(p - _err(np.abs(Lam) @ np.maximum(np.abs(b_lo), np.abs(b_hi)), W.shape[0])))
+        if j == 0:
+            m = np.maximum(np.abs(lo), np.abs(hi))[leaf]
+        else:
+            m = np.maximum(bounds[j - 1][1][leaf], 0.0)
+        rounding = np.einsum("pn,pn->p", np.abs(Lam), m @ np.abs(W).T)
+        const = _down(const - _err(rounding, W.shape[0] + W.shape[1], m.sum(1)))
+        Lam = Lam @ W
+    return _down(const + _dot_lower(Lam, lo[leaf], hi[leaf]))
+
+
+def _interval(W, b_lo, b_hi, l, u):
+    """Rigorous bounds (B, out) of W h + b for l <= h <= u (B, in)."""
+    pos, neg = np.maximum(W, 0).T, np.minimum(W, 0).T
+    err = _err(np.maximum(np.abs(l), np.abs(u)) @ np.abs(W).T, W.shape[1])
+    return _down(_down(l @ pos + u @ neg + b_lo) - err), _up(_up(u @ pos + l @ neg + b_hi) + err)
+
+
+def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | None = None,
+                 root: list | None = None) -> tuple[list, np.ndarray]:
+    """Pre-activation bounds [(l, u) (B, n_j)] of the ReLU layers over boxes lo, hi (B, n_inputs) (preprocessed),
+    split neurons (sign +1 / -1) clamped to their side, intersected with root bounds [(l, u) (1 or B, n_j)];
+    and which leaves are empty (B,) (some l > u). Unstable entries are bounded by back-substitution."""
+    B, bounds, empty = lo.shape[0], [], np.zeros(lo.shape[0], dtype=bool)
+    h_lo, h_hi = lo, hi
+    for j, (W, b_lo, b_hi, relu) in enumerate(chain.layers):
+        if not relu:
+            break
+        l, u = _interval(W, b_lo, b_hi, h_lo, h_hi)
+        if root is not None:
+            l, u = np.maximum(l, root[j][0]), np.minimum(u, root[j][1])
+        if j > 0:
+            leaf, idx = np.nonzero((l < 0) & (u > 0) & (sign[j] == 0 if sign is not None else True))
+            for part in range(0, len(leaf), CHUNK // 2):
+                b, i = leaf[part:part + CHUNK // 2], idx[part:part + CHUNK // 2]
+                rows = np.concatenate([W[i], -W[i]])
+                const = np.concatenate([b_lo[i], -b_hi[i]])
+                low = _backward(chain, j - 1, rows, const, np.concatenate([b, b]), bounds, lo, hi)
+                l[b, i], u[b, i] = np.maximum(l[b, i], low[:len(b)]), np.minimum(u[b, i], -low[len(b):])
+        if sign is not None:
+            l, u = np.where(sign[j] > 0, np.maximum(l, 0.0), l), np.where(sign[j] < 0, np.minimum(u, 0.0), u)
+        empty |= (l > u).any(1)
+        bounds.append((l, u))
+        h_lo, h_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
+    return bounds, empty
+
+
+def leaf_lower(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, *,
+               sign: list | None = None, alpha: list | None = None, beta: list | None = None,
+               root: list | None = None) -> np.ndarray:
+    """Rigorous lower bounds (B, M) of ``C_b f(x) - d_b`` over each leaf b: boxes lo, hi (B, n_inputs) (raw, as
+    the property states them), rows C (B, M, n_out), d (B, M) (d = inf: padding); sign [(B, n_j)] split sides,
+    alpha / beta [(B, M, n_j)] per ReLU layer (NaN alpha: adaptive); root: `layer_bounds` of a box holding them
+    all. +inf for leaves no input reaches."""
+    lo, hi = _preprocess(chain, lo, hi)
+    bounds, empty = layer_bounds(chain, lo, hi, sign, root)
+    B, M = d.shape
+    out = np.full((B, M), np.inf)
+    rows = np.nonzero(~empty[:, None] & np.isfinite(d))
+    for part in range(0, len(rows[0]), CHUNK):
+        b, m = rows[0][part:part + CHUNK], rows[1][part:part + CHUNK]
+        extra = {}
+        for name, arrays in (("alpha", alpha), ("beta", beta)):
+            if arrays is not None:
+                extra[name] = {j: a[b, m] for j, a in enumerate(arrays) if a is not None}
+        top = len(chain.layers) - 1
+        out[b, m] = _backward(chain, top, C[b, m], -d[b, m], b, bounds, lo, hi, sign=sign, **extra)
+    out[~empty[:, None] & ~np.isfinite(d)] = -np.inf
+    return out
+
+
+# --------------------------------------------------------------------------------------------- VNN-LIB
+def read_vnnlib(path: Path, n_in: int, n_out: int) -> list[tuple[list, list, list]]:
+    """The unsafe conjunctions of a VNN-LIB file: [(lo [Fraction | None] (n_in,), hi, rows [(coef {j: Fraction},
+    rhs Fraction)] meaning sum coef Y_j <= rhs)]; constants read as float64, arithmetic exact."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read ({exc})") from None
+    tokens = re.findall(r"\(|\)|[^\s()]+", re.sub(r";[^\n]*", " ", text))
+    stack, top = [[]], None
+    for tok in tokens:
+        if tok == "(":
+            stack.append([])
+        elif tok == ")":
+            if len(stack) < 2:
+                raise BadInput(f"{path}: unbalanced parentheses")
+            top = stack.pop()
+            stack[-1].append(top)
+        else:
+            stack[-1].append(tok)
+    if len(stack) != 1:
+        raise BadInput(f"{path}: unbalanced parentheses")
+    terms = [([], [])]
+    for expr in stack[0]:
+        if isinstance(expr, list) and expr and expr[0] == "assert":
+            terms = [(a + c, b + e) for a, b in terms for c, e in _dnf(path, expr[1], n_in, n_out)]
+    result = []
+    for inputs, rows in terms:
+        lo, hi, empty = [None] * n_in, [None] * n_in, False
+        for i, upper, v in inputs:
+            if upper:
+                hi[i] = v if hi[i] is None else min(hi[i], v)
+            else:
+                lo[i] = v if lo[i] is None else max(lo[i], v)
+            empty |= lo[i] is not None and hi[i] is not None and lo[i] > hi[i]
+        if not empty and all(r is not False for r in rows):
+            result.append((lo, hi, [r for r in rows if r is not True]))
+    return result
+
+
+def _dnf(path, e, n_in, n_out) -> list[tuple[list, list]]:
+    if not isinstance(e, list) or not e:
+        raise BadInput(f"{path}: expected a formula, got {e!r}")
+    if e[0] == "and":
+        out = [([], [])]
+        for sub in e[1:]:
+            out = [(a + c, b + d) for a, b in out for c, d in _dnf(path, sub, n_in, n_out)]
+        return out
+    if e[0] == "or":
+        return [t for sub in e[1:] for t in _dnf(path, sub, n_in, n_out)]
+    if e[0] not in ("<=", ">=", "<", ">", "=") or len(e) < 3:
+        raise BadInput(f"{path}: unsupported formula {e[0]!r}")
+    parts = [_linear(path, x) for x in e[1:]]
+    atoms = []
+    for a, b in zip(parts, parts[1:]):
+        pairs = [(a, b)] if e[0] in ("<=", "<") else [(b, a)] if e[0] in (">=", ">") else [(a, b), (b, a)]
+        for x, y in pairs:  # x <= y  <=>  sum coef v + const <= 0
+            atoms.append(({k: x[0].get(k, 0) - y[0].get(k, 0) for k in set(x[0]) | set(y[0])}, x[1] - y[1]))
+    inputs, rows = [], []
+    for coef, c in atoms:
+        coef = {k: v for k, v in coef.items() if v != 0}
+        xs, ys = [k for k in coef if k[0] == "X"], [k for k in coef if k[0] == "Y"]
+        if any(k[1] >= (n_in if k[0] == "X" else n_out) for k in coef):
+            raise BadInput(f"{path}: a variable beyond the model's {n_in} inputs / {n_out} outputs")
+        if not coef:
+            rows.append(c <= 0)  # a constant atom: True (no constraint) or False (the conjunction is empty)
+        elif xs and ys or len(xs) > 1:
+            raise BadInput(f"{path}: atoms mixing inputs and outputs, or several inputs, are not supported")
+        elif xs:
+            a = coef[xs[0]]
+            inputs.append((xs[0][1], a > 0, -c / a))
+        else:
+            rows.append(({k[1]: v for k, v in coef.items()}, -c))
+    return [(inputs, rows)]
+
+
+def _linear(path, e) -> tuple[dict, Fraction]:
+    """({(kind, index): coefficient}, constant) of a linear term."""
+    if isinstance(e, str):
+        m = re.fullmatch(r"([XY])_(\d+)", e)
+        if m:
+            return {(m.group(1), int(m.group(2))): Fraction(1)}, Fraction(0)
+        try:
+            return {}, Fraction(float(e))
+        except ValueError:
+            raise BadInput(f"{path}: not a number or variable: {e!r}") from None
+    args = [_linear(path, x) for x in e[1:]]
+    if e[0] in ("+", "-") and args:
+        signs = [1] + [-1 if e[0] == "-" else 1] * (len(args) - 1) if len(args) > 1 else [-1 if e[0] == "-" else 1]
+        coef: dict = {}
+        for s, (c, _) in zip(signs, args):
+            for k, v in c.items():
+                coef[k] = coef.get(k, 0) + s * v
+        return coef, sum((s * a[1] for s, a in zip(signs, args)), Fraction(0))
+    if e[0] == "*" and len(args) == 2 and (not args[0][0] or not args[1][0]):
+        (c, k), (c2, k2) = args if not args[0][0] else args[::-1]
+        return {key: k * v for key, v in c2.items()}, k * k2
+    raise BadInput(f"{path}: unsupported term {e[0]!r}")
+
+
+# ----------------------------------------------------------------------------------------- certificates
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_certificate(path: Path) -> tuple[dict, list[dict]]:
+    """(meta, pairs): a pair is a dict of lo, hi (n,), C, d (lists per disjunct), kind and its proof's arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as exc:
+        raise BadInput(f"{path}: not a certificate ({type(exc).__name__})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise BadInput(f"{path}: not a {FORMAT} of version {VERSION}")
+    pairs = []
+    for i, info in enumerate(meta["pairs"]):
+        pair = {k[len(f"p{i}_"):]: v for k, v in arrays.items() if k.startswith(f"p{i}_")}
+        pair["kind"] = info["kind"]
+        pair["C"] = [pair.pop(f"C{k}") for k in range(info["disjuncts"])]
+        pair["d"] = [pair.pop(f"d{k}") for k in range(info["disjuncts"])]
+        pairs.append(pair)
+    return meta, pairs
+
+
+def _covered(term: tuple, pairs: list[dict]) -> bool:
+    """Whether some pair's box holds the term's input box and some disjunct of it is implied by the term's rows."""
+    lo, hi, rows = term
+    if any(v is None for v in lo + hi):
+        return False
+    for pair in pairs:
+        if not all(Fraction(float(a)) <= b for a, b in zip(pair["lo"], lo)):
+            continue
+        if not all(Fraction(float(a)) >= b for a, b in zip(pair["hi"], hi)):
+            continue
+        for C, d in zip(pair["C"], pair["d"]):
+            if all(any(all(Fraction(float(c)) == coef.get(j, 0) for j, c in enumerate(C[r])) and
+                       Fraction(float(d[r])) >= rhs for coef, rhs in rows) for r in range(len(d))):
+                return True
+    return False
+
+
+def leaf_boxes(pair: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The leaf boxes (L, n) of an input-split tree: flags (pre-order, 1 cut / 0 leaf), cut dims and points."""
+    stack, los, his, cut = [(pair["lo"].copy(), pair["hi"].copy())], [], [], 0
+    dims, points = pair["dim"], pair["point"]
+    for flag in pair["tree"]:
+        if not stack:
+            raise Invalid("the input-split tree has nodes after its last leaf")
+        lo, hi = stack.pop()
+        if flag:
+            if cut >= len(dims) or not 0 <= dims[cut] < len(lo):
+                raise Invalid(f"cut {cut} of the input-split tree is missing or names no input")
+            k, p = int(dims[cut]), float(points[cut])
+            if not lo[k] <= p <= hi[k]:
+                raise Invalid(f"cut {cut} at {p!r} lies outside its box's [{lo[k]!r}, {hi[k]!r}] on input {k}")
+            left_hi, right_lo = hi.copy(), lo.copy()
+            left_hi[k], right_lo[k] = p, p
+            stack += [(right_lo, hi), (lo, left_hi)]
+            cut += 1
+        else:
+            los.append(lo)
+            his.append(hi)
+    if stack:
+        raise Invalid(f"the input-split tree leaves {len(stack)} piece(s) of the box without a leaf (a gap)")
+    return np.array(los).reshape(-1, len(pair["lo"])), np.array(his).reshape(-1, len(pair["lo"]))
+
+
+def relu_coverage(splits: np.ndarray) -> str | None:
+    """None when the leaves' splits (L, N) in {-1, 0, 1} form a complete binary tree of ReLU splits (each
+    subtree's leaves share a split neuron with both sides present, down to a leaf), else what is missing."""
+    stack = [(np.arange(len(splits)), np.zeros(splits.shape[1], dtype=splits.dtype))]
+    while stack:
+        idx, fixed = stack.pop()
+        if not len(idx):
+            fixed_at = {int(j): int(fixed[j]) for j in np.flatnonzero(fixed)}
+            return f"no leaf covers the domain with splits {fixed_at}"
+        extra = (splits[idx] != 0) & (fixed == 0)
+        if (~extra.any(1)).any():  # a leaf with no split beyond this subtree's: it covers the subtree
+            continue
+        common = np.flatnonzero(extra.all(0))
+        if not len(common):
+            return f"{len(idx)} leaves under splits {np.flatnonzero(fixed).tolist()} share no further split"
+        j = common[0]
+        for side in (1, -1):
+            f = fixed.copy()
+            f[j] = side
+            stack.append((idx[splits[idx, j] == side], f))
+    return None
+
+
+def padded(pair: dict) -> tuple[np.ndarray, np.ndarray]:
+    K, M = len(pair["d"]), max(len(d) for d in pair["d"])
+    C = np.zeros((K, M, pair["C"][0].shape[1]))
+    d = np.full((K, M), np.inf)
+    for k in range(K):
+        C[k, :len(pair["d"][k])], d[k, :len(pair["d"][k])] = pair["C"][k], pair["d"][k]
+    return C, d
+
+
+def root_bounds(chain: Chain, pair: dict) -> list:
+    """`layer_bounds` of the pair's whole box (valid on every leaf: they only get intersected)."""
+    return layer_bounds(chain, *_preprocess(chain, pair["lo"][None], pair["hi"][None]))[0]
+
+
+def box_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, root: list,
+               batch: int = 256) -> np.ndarray:
+    """Per box (B,) the worst disjunct's best row lower bound: rows C (K, M, n_out), d (K, M) (padded)."""
+    K, M = d.shape
+    out = np.empty(len(lo))
+    for s in range(0, len(lo), batch):
+        B = len(lo[s:s + batch])
+        low = leaf_lower(chain, lo[s:s + batch], hi[s:s + batch], np.broadcast_to(C.reshape(1, K * M, -1),
+                         (B, K * M, C.shape[2])), np.broadcast_to(d.reshape(1, -1), (B, K * M)), root=root)
+        out[s:s + batch] = low.reshape(B, K, M).max(2).min(1)
+    return out
+
+
+def pair_bounds(chain: Chain, pair: dict, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per leaf of the pair (L,): its lower bound (the worst disjunct's best row; inf: empty or trusted) and
+    whether it is MILP-trusted. Input-split leaves must rule out every disjunct, ReLU-split leaves their own."""
+    C, d = padded(pair)
+    root = root_bounds(chain, pair)
+    if pair["kind"] == "input":
+        lo, hi = leaf_boxes(pair)
+        return box_bounds(chain, lo, hi, C, d, root, batch), np.zeros(len(lo), dtype=bool)
+    widths = [W.shape[0] for W, _, _, relu in chain.layers if relu]
+    neurons, splits, disjunct = pair["neurons"].astype(np.int64), pair["splits"], pair["disjunct"].astype(np.int64)
+    L, N = splits.shape
+    if neurons.shape != (N, 2) or len(disjunct) != L or pair["alpha"].shape != (L, C.shape[1], N) or \
+            pair["beta"].shape != (L, C.shape[1], N) or pair["trusted"].shape != (L,):
+        raise Invalid("the ReLU-split proof's arrays do not have matching shapes")
+    if N and (neurons[:, 0].min() < 0 or neurons[:, 0].max() >= len(widths) or neurons[:, 1].min() < 0 or
+              np.any(neurons[:, 1] >= np.array(widths)[neurons[:, 0]])) or np.any(np.abs(splits) > 1):
+        raise Invalid("the ReLU-split proof names neurons the network does not have")
+    if len(np.unique(neurons, axis=0)) != N or np.any((disjunct < 0) | (disjunct >= len(d))):
+        raise Invalid("the ReLU-split proof repeats a neuron or names a disjunct the property does not have")
+    for k in range(len(d)):
+        why = relu_coverage(splits[disjunct == k])
+        if why is not None:
+            raise Invalid(f"disjunct {k}: the ReLU splits do not cover it: {why}")
+    out, trusted = np.full(L, np.inf), pair["trusted"].astype(bool)
+    todo = np.flatnonzero(~trusted)
+    for s in range(0, len(todo), batch):
+        t = todo[s:s + batch]
+        B = len(t)
+        sign, alpha, beta = [], [], []
+        for j, n in enumerate(widths):
+            cols = np.flatnonzero(neurons[:, 0] == j)
+            at = neurons[cols, 1]
+            sg, al, be = np.zeros((B, n)), np.full((B, C.shape[1], n), np.nan), np.zeros((B, C.shape[1], n))
+            sg[:, at], al[:, :, at], be[:, :, at] = splits[t][:, cols], pair["alpha"][t][:, :, cols], \
+                pair["beta"][t][:, :, cols]
+            sign.append(sg)
+            alpha.append(al)
+            beta.append(be)
+        box = np.broadcast_to(pair["lo"], (B, len(pair["lo"]))), np.broadcast_to(pair["hi"], (B, len(pair["hi"])))
+        low = leaf_lower(chain, *box, C[disjunct[t]], d[disjunct[t]], sign=sign, alpha=alpha, beta=beta, root=root)
+        out[t] = low.max(1)
+    return out, trusted
+
+
+def check(model: Path, vnnlib: Path, certificate: Path) -> tuple[int, int]:
+    """Check a certificate: (leaves, MILP-trusted leaves) when valid; raises Invalid or BadInput."""
+    for path in (model, vnnlib, certificate):
+        if not Path(path).is_file():
+            raise BadInput(f"{path}: no such file")
+    meta, pairs = load_certificate(certificate)
+    for name, path in (("ONNX", model), ("VNN-LIB", vnnlib)):
+        if sha256(path) != meta[f"{name.lower().replace('-', '')}_sha256"]:
+            raise Invalid(f"the {name} file's sha256 differs from the certificate's (another {name} file)")
+    chain = read_onnx(Path(model))
+    terms = read_vnnlib(Path(vnnlib), chain.n_inputs, chain.n_outputs)
+    for t, term in enumerate(terms):
+        if not _covered(term, pairs):
+            raise Invalid(f"unsafe conjunction {t} of the VNN-LIB file is not in the certificate's property")
+    leaves = trusted = 0
+    for i, pair in enumerate(pairs):
+        if len(pair["lo"]) != chain.n_inputs or any(C.shape[1] != chain.n_outputs for C in pair["C"]):
+            raise Invalid(f"pair {i}: its box or rows do not fit the model")
+        lower, milp = pair_bounds(chain, pair)
+        bad = np.flatnonzero(~(lower > 0))
+        if len(bad):
+            raise Invalid(f"pair {i}, leaf {bad[0]}: its recomputed lower bound {lower[bad[0]]:.6g} is not > 0")
+        leaves, trusted = leaves + len(lower), trusted + int(milp.sum())
+    return leaves, trusted
+
+
+def main(argv: list[str] | None = None) -> int:
+    """verify-check MODEL.onnx P.vnnlib CERT: prints valid / invalid: why; exit code 0 / 1 / 2 (bad input)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: verify-check MODEL.onnx P.vnnlib CERT", file=sys.stderr)
+        return 2
+    try:
+        leaves, trusted = check(*(Path(a) for a in args))
+    except BadInput as exc:
+        print(f"verify-check: error: {exc}", file=sys.stderr)
+        return 2
+    except Invalid as exc:
+        print(f"invalid: {exc}")
+        return 1
+    print(f"valid ({leaves} leaves, {trusted} MILP-trusted)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
