@@ -542,11 +542,11 @@ def check(model: Path, vnnlib: Path, certificate: Path) -> tuple[int, int]:
         if not Path(path).is_file():
             raise BadInput(f"{path}: no such file")
     meta, pairs = load_certificate(certificate)
+    chain = read_onnx(Path(model))
+    terms = read_vnnlib(Path(vnnlib), chain.n_inputs, chain.n_outputs)
     for name, path in (("ONNX", model), ("VNN-LIB", vnnlib)):
         if sha256(path) != meta[f"{name.lower().replace('-', '')}_sha256"]:
             raise Invalid(f"the {name} file's sha256 differs from the certificate's (another {name} file)")
-    chain = read_onnx(Path(model))
-    terms = read_vnnlib(Path(vnnlib), chain.n_inputs, chain.n_outputs)
     for t, term in enumerate(terms):
         if not _covered(term, pairs):
             raise Invalid(f"unsafe conjunction {t} of the VNN-LIB file is not in the certificate's property")
