@@ -166,6 +166,113 @@ def _relu_pair(network: Network, pair: dict, trace: dict) -> dict:
     return {k: (v[keep] if k != "neurons" else v) for k, v in out.items()}
 
 
+def _widen_neurons(chain: check.Chain, pair: dict) -> None:
+    """Add the neurons unstable under the checker's root bounds to the pair's neuron set (in place; sorted by
+    layer and index): the ones re-optimization and further splits may need."""
+    root = check.root_bounds(chain, pair)
+    have = {tuple(x) for x in pair["neurons"].tolist()}
+    extra = [(j, i) for j, (l, u) in enumerate(root) for i in np.flatnonzero((l[0] < 0) & (u[0] > 0)).tolist()]
+    neurons = np.array(sorted(have | set(extra)), np.int32).reshape(-1, 2)
+    where = {tuple(x): k for k, x in enumerate(neurons.tolist())}
+    at = np.array([where[tuple(x)] for x in pair["neurons"].tolist()], np.int64)
+    L, M = pair["alpha"].shape[:2]
+    splits, alpha, beta = np.zeros((L, len(neurons)), np.int8), np.full((L, M, len(neurons)), np.nan, np.float32), \
+        np.zeros((L, M, len(neurons)), np.float32)
+    splits[:, at], alpha[:, :, at], beta[:, :, at] = pair["splits"], pair["alpha"], pair["beta"]
+    pair.update(neurons=neurons, splits=splits, alpha=alpha, beta=beta)
+
+
+def _reoptimize(network: Network, chain: check.Chain, pair: dict, leaves: np.ndarray, steps: int = 60) -> None:
+    """Optimize the slopes and multipliers of some leaves again (in place), with the engine's ReLU-split
+    bounding (relu_bab) held to the checker's own layer bounds of each leaf."""
+    from .bab import _Rows
+    from .relu_bab import _Problem
+    from .spec import Property
+
+    neurons, B = pair["neurons"], len(leaves)
+    net = network.to("cpu", torch.float64)
+    relus = net.relu_nodes
+    fake = {}
+    for j, r in enumerate(relus):  # only fixes which neurons get slopes (the set's); bounds are replaced below
+        n = int(np.prod(net.nodes[r].op.out_shape))
+        mark = np.ones(n)
+        mark[neurons[neurons[:, 0] == j, 1]] = -1
+        fake[net.nodes[r].inputs[0]] = (torch.tensor(mark)[None], torch.ones(1, n, dtype=torch.float64))
+    lo, hi = torch.tensor(pair["lo"])[None], torch.tensor(pair["hi"])[None]
+    rows = _Rows.of(Property(tuple(zip(pair["C"], pair["d"]))), chain.n_outputs)
+    problem = _Problem(net, lo, hi, rows, fake, retighten=False)
+    sign = []
+    for j in range(len(relus)):
+        cols = np.flatnonzero(neurons[:, 0] == j)
+        sg = np.zeros((B, chain.layers[j][0].shape[0]))
+        sg[:, neurons[cols, 1]] = pair["splits"][leaves][:, cols]
+        sign.append(sg)
+    box = check._preprocess(chain, np.repeat(pair["lo"][None], B, 0), np.repeat(pair["hi"][None], B, 0))
+    bounds, _ = check.layer_bounds(chain, *box, sign, check.root_bounds(chain, pair))
+    problem.root = {r: (torch.tensor(l), torch.tensor(u)) for r, (l, u) in zip(relus, bounds)}
+    adaptive = np.stack([(bounds[j][1][:, i] >= -bounds[j][0][:, i]).astype(float) for j, i in neurons], 1) \
+        if len(neurons) else np.zeros((B, 0))
+    alpha = np.where(np.isnan(pair["alpha"][leaves]), adaptive[:, None, :], pair["alpha"][leaves])
+    _, a, b, *_ = problem.bound(torch.tensor(pair["splits"][leaves]), torch.tensor(pair["disjunct"][leaves]).long(),
+                                torch.tensor(alpha), torch.tensor(pair["beta"][leaves]).double(), steps)
+    pair["alpha"][leaves], pair["beta"][leaves] = a.numpy(), b.numpy()
+
+
+def _split_leaves(chain: check.Chain, pair: dict, leaves: np.ndarray) -> np.ndarray:
+    """Split each leaf on its unsplit neuron (of the pair's set) with the largest triangle height under the
+    checker's bounds; the children replace it (in place). Returns the children's indices, or an empty array when
+    some leaf has nothing left to split."""
+    neurons, B = pair["neurons"], len(leaves)
+    sign = []
+    for j, (W, *_rest) in enumerate(layer for layer in chain.layers if layer[3]):
+        cols = np.flatnonzero(neurons[:, 0] == j)
+        sg = np.zeros((B, W.shape[0]))
+        sg[:, neurons[cols, 1]] = pair["splits"][leaves][:, cols]
+        sign.append(sg)
+    box = check._preprocess(chain, np.repeat(pair["lo"][None], B, 0), np.repeat(pair["hi"][None], B, 0))
+    bounds, _ = check.layer_bounds(chain, *box, sign, check.root_bounds(chain, pair))
+    l = np.stack([bounds[j][0][:, i] for j, i in neurons], 1)
+    u = np.stack([bounds[j][1][:, i] for j, i in neurons], 1)
+    height = np.where((l < 0) & (u > 0) & (pair["splits"][leaves] == 0), -l * u / np.maximum(u - l, 1e-300), 0)
+    if not (height.max(1) > 0).all():
+        return np.zeros(0, np.int64)
+    choice = height.argmax(1)
+    n = len(pair["disjunct"])
+    for key in ("splits", "disjunct", "alpha", "beta", "trusted"):
+        pair[key] = np.concatenate([pair[key], pair[key][leaves], pair[key][leaves]])
+    pair["splits"][n + np.arange(B), choice] = 1
+    pair["splits"][n + B + np.arange(B), choice] = -1
+    keep = np.setdiff1d(np.arange(len(pair["disjunct"])), leaves)
+    for key in ("splits", "disjunct", "alpha", "beta", "trusted"):
+        pair[key] = pair[key][keep]
+    return np.arange(len(keep) - 2 * B, len(keep))
+
+
+def _prove_relu(network: Network, chain: check.Chain, pair: dict, deadline: float) -> tuple[bool, int]:
+    """Re-optimize, then split, the ReLU-split leaves the checker cannot prove, until all are proved or the
+    deadline passes. Returns (all proved, splits added)."""
+    lower, _ = check.pair_bounds(chain, pair)
+    failing, added, widened = np.flatnonzero(~(lower > 0)), 0, False
+    while len(failing):
+        if time.perf_counter() > deadline:
+            return False, added
+        if not widened:
+            _widen_neurons(chain, pair)
+            widened = True
+        _reoptimize(network, chain, pair, failing)
+        low = check.pair_bounds(chain, pair)[0]
+        still = np.intersect1d(np.flatnonzero(~(low > 0)), failing)
+        if not len(still) or time.perf_counter() > deadline:
+            failing = still
+            continue
+        children = _split_leaves(chain, pair, still)
+        if not len(children):
+            return False, added
+        added += len(still)
+        failing = children
+    return True, added
+
+
 def write_certificate(network: Network, vnnlib_path, pairs: list, traces: list, path, *,
                       time_limit: float = 60.0) -> dict:
     """Build, self-check and write the certificate of a holds answer (module docstring). Returns stats: written
@@ -191,6 +298,8 @@ def write_certificate(network: Network, vnnlib_path, pairs: list, traces: list, 
             stats["leaves"] += len(tree.leaves())  # every leaf box (derived as the checker derives it) proved
         else:
             pair.update(_relu_pair(network, pair, trace))
+            ok, added = _prove_relu(network, chain, pair, deadline)
+            stats["refined"] += added
             lower, trusted = check.pair_bounds(chain, pair)
             bad = np.flatnonzero(~(lower > 0))
             if len(bad):

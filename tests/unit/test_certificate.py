@@ -27,7 +27,7 @@ HOLDS = [(DATA / "test_nano.onnx", DATA / "vnnlib/test_nano.vnnlib"),
          (DATA / "test_small.onnx", DATA / "vnnlib/test_small.vnnlib"),
          (DATA / "test_unsat.onnx", DATA / "vnnlib/test_prop.vnnlib"), ACAS,
          (DATA / "instances/onnx/ACASXU_run2a_4_2_batch_2000.onnx", DATA / "instances/vnnlib/acasxu_prop_3.vnnlib"),
-         MNIST]
+         MNIST, (DATA / "mnist-net_256x2.onnx", DATA / "instances/vnnlib/mnist_prop_8_0.03.vnnlib")]
 
 
 def certify(model: Path, vnnlib: Path, cert: Path, timeout: float = 60.0) -> dict:
