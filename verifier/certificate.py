@@ -260,7 +260,7 @@ def _prove_relu(network: Network, chain: check.Chain, pair: dict, deadline: floa
             _widen_neurons(chain, pair)
             widened = True
         _reoptimize(network, chain, pair, failing)
-        low = check.pair_bounds(chain, pair)[0]
+        low = check.pair_bounds(chain, pair, only=failing)[0]
         still = np.intersect1d(np.flatnonzero(~(low > 0)), failing)
         if not len(still) or time.perf_counter() > deadline:
             failing = still

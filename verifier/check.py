@@ -70,46 +70,39 @@ def _upper_line(l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, np.maximum(t, 0.0)
 
 
-def _backward(chain: Chain, top: int, Lam: np.ndarray, const: np.ndarray, leaf: np.ndarray, bounds: list,
+def _backward(chain: Chain, top: int, Lam: np.ndarray, const: np.ndarray, leaf: np.ndarray, cache: dict,
               lo: np.ndarray, hi: np.ndarray, alpha: dict | None = None, beta: dict | None = None,
               sign: list | None = None) -> np.ndarray:
     """Rigorous lower bound (P,) of ``Lam h_top + const`` over each row's leaf (module docstring).
 
     Lam (P, n_top) on the output of layer `top` (after its ReLU if it has one); const (P,); leaf (P,) indexes
-    bounds [(l, u) (B, n_j)] (pre-activations) and the preprocessed box lo, hi (B, n_inputs); alpha / beta
-    {layer: (P, n_j)} lower slopes (NaN: adaptive) and split multipliers; sign [(B, n_j) in {-1, 0, 1}]."""
+    the leaves' `cache` (per layer: relaxations and magnitudes, see `_layer_bounds`) and the preprocessed box lo,
+    hi (B, n_inputs); alpha / beta {layer: (P, n_j)} lower slopes (NaN: adaptive) and split multipliers; sign
+    [(B, n_j) in {-1, 0, 1}]."""
     for j in range(top, -1, -1):
         W, b_lo, b_hi, relu = chain.layers[j]
         if relu:  # Lam on relu(z_j) -> on z_j
-            l, u = bounds[j][0][leaf], bounds[j][1][leaf]
-            unstable, active = (l < 0) & (u > 0), l >= 0
-            s, t = _upper_line(l, u)
-            slope = np.where(u >= -l, 1.0, 0.0)
+            active, unstable, s, t, slope, mag = (x[leaf] for x in cache["relax"][j])
             if alpha is not None and j in alpha:
                 slope = np.where(np.isnan(alpha[j]), slope, np.clip(np.nan_to_num(alpha[j]), 0.0, 1.0))
             pos, neg = np.maximum(Lam, 0), np.minimum(Lam, 0)
             new = np.where(active, Lam, np.where(unstable, pos * slope + neg * s, 0.0))
-            t = np.where(unstable, t, 0.0)
-            shift = np.einsum("pn,pn->p", neg, t)
+            shift = np.einsum("pn,pn->p", neg, t)  # t = 0 off the unstable neurons
             const = _down(const + _down(shift - _err(-shift, W.shape[0])))
-            extra = np.zeros_like(Lam)
+            scale = np.abs(Lam)
             if beta is not None and j in beta:
                 extra = np.maximum(np.nan_to_num(beta[j]), 0.0)
-                new = new - extra * sign[j][leaf]
-            mag = np.maximum(np.abs(l), np.abs(u))
-            rounding = np.einsum("pn,pn->p", np.abs(Lam) + extra, mag)  # elementwise roundings: <= 3 u each
+                new, scale = new - extra * sign[j][leaf], scale + extra
+            rounding = np.einsum("pn,pn->p", scale, mag)  # elementwise roundings: <= 3 u each
             const = _down(const - _err(rounding, 2, mag.sum(1)))
             Lam = new
         # Lam on z_j = W h + b -> on h (the previous layer's output or the input)
         pos, neg = np.maximum(Lam, 0), np.minimum(Lam, 0)
         p = pos @ b_lo + neg @ b_hi
         const = _down(const + _down(p - _err(np.abs(Lam) @ np.maximum(np.abs(b_lo), np.abs(b_hi)), W.shape[0])))
-        if j == 0:
-            m = np.maximum(np.abs(lo), np.abs(hi))[leaf]
-        else:
-            m = np.maximum(bounds[j - 1][1][leaf], 0.0)
-        rounding = np.einsum("pn,pn->p", np.abs(Lam), m @ np.abs(W).T)
-        const = _down(const - _err(rounding, W.shape[0] + W.shape[1], m.sum(1)))
+        mW, msum = cache["mW"][j]  # |W| times the magnitude of h, per leaf: bounds the product's error below
+        rounding = np.einsum("pn,pn->p", np.abs(Lam), mW[leaf])
+        const = _down(const - _err(rounding, W.shape[0] + W.shape[1], msum[leaf]))
         Lam = Lam @ W
     return _down(const + _dot_lower(Lam, lo[leaf], hi[leaf]))
 
@@ -121,12 +114,33 @@ def _interval(W, b_lo, b_hi, l, u):
     return _down(_down(l @ pos + u @ neg + b_lo) - err), _up(_up(u @ pos + l @ neg + b_hi) + err)
 
 
+def _magnitude(W: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(m @ |W|^T (B, out), m.sum (B,)) for magnitudes m (B, in) of a layer's input."""
+    return m @ np.abs(W).T, m.sum(1)
+
+
+def _relaxation(l: np.ndarray, u: np.ndarray) -> tuple:
+    """Per neuron (B, n): active, unstable, upper slope s and offset t (0 off unstable), adaptive lower slope,
+    magnitude max(|l|, |u|)."""
+    unstable = (l < 0) & (u > 0)
+    s, t = _upper_line(l, u)
+    return l >= 0, unstable, s, np.where(unstable, t, 0.0), np.where(u >= -l, 1.0, 0.0), \
+        np.maximum(np.abs(l), np.abs(u))
+
+
 def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | None = None,
                  root: list | None = None) -> tuple[list, np.ndarray]:
     """Pre-activation bounds [(l, u) (B, n_j)] of the ReLU layers over boxes lo, hi (B, n_inputs) (preprocessed),
     split neurons (sign +1 / -1) clamped to their side, intersected with root bounds [(l, u) (1 or B, n_j)];
     and which leaves are empty (B,) (some l > u). Unstable entries are bounded by back-substitution."""
+    return _layer_bounds(chain, lo, hi, sign, root)[:2]
+
+
+def _layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | None, root: list | None):
+    """`layer_bounds` and the cache `_backward` reads: "relax" [per ReLU layer `_relaxation`], "mW" [per layer
+    `_magnitude` of its input]."""
     B, bounds, empty = lo.shape[0], [], np.zeros(lo.shape[0], dtype=bool)
+    cache = {"relax": [], "mW": [_magnitude(chain.layers[0][0], np.maximum(np.abs(lo), np.abs(hi)))]}
     h_lo, h_hi = lo, hi
     for j, (W, b_lo, b_hi, relu) in enumerate(chain.layers):
         if not relu:
@@ -140,14 +154,17 @@ def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | None
                 b, i = leaf[part:part + CHUNK // 2], idx[part:part + CHUNK // 2]
                 rows = np.concatenate([W[i], -W[i]])
                 const = np.concatenate([b_lo[i], -b_hi[i]])
-                low = _backward(chain, j - 1, rows, const, np.concatenate([b, b]), bounds, lo, hi)
+                low = _backward(chain, j - 1, rows, const, np.concatenate([b, b]), cache, lo, hi)
                 l[b, i], u[b, i] = np.maximum(l[b, i], low[:len(b)]), np.minimum(u[b, i], -low[len(b):])
         if sign is not None:
             l, u = np.where(sign[j] > 0, np.maximum(l, 0.0), l), np.where(sign[j] < 0, np.minimum(u, 0.0), u)
         empty |= (l > u).any(1)
         bounds.append((l, u))
+        cache["relax"].append(_relaxation(l, u))
         h_lo, h_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
-    return bounds, empty
+        if j + 1 < len(chain.layers):
+            cache["mW"].append(_magnitude(chain.layers[j + 1][0], h_hi))
+    return bounds, empty, cache
 
 
 def leaf_lower(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, *,
@@ -158,7 +175,7 @@ def leaf_lower(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: n
     alpha / beta [(B, M, n_j)] per ReLU layer (NaN alpha: adaptive); root: `layer_bounds` of a box holding them
     all. +inf for leaves no input reaches."""
     lo, hi = _preprocess(chain, lo, hi)
-    bounds, empty = layer_bounds(chain, lo, hi, sign, root)
+    bounds, empty, cache = _layer_bounds(chain, lo, hi, sign, root)
     B, M = d.shape
     out = np.full((B, M), np.inf)
     rows = np.nonzero(~empty[:, None] & np.isfinite(d))
@@ -169,7 +186,7 @@ def leaf_lower(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: n
             if arrays is not None:
                 extra[name] = {j: a[b, m] for j, a in enumerate(arrays) if a is not None}
         top = len(chain.layers) - 1
-        out[b, m] = _backward(chain, top, C[b, m], -d[b, m], b, bounds, lo, hi, sign=sign, **extra)
+        out[b, m] = _backward(chain, top, C[b, m], -d[b, m], b, cache, lo, hi, sign=sign, **extra)
     out[~empty[:, None] & ~np.isfinite(d)] = -np.inf
     return out
 
@@ -292,9 +309,11 @@ def box_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: n
     return out
 
 
-def pair_bounds(chain: Chain, pair: dict, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def pair_bounds(chain: Chain, pair: dict, batch: int = 256, only: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Per leaf of the pair (L,): its lower bound (the worst disjunct's best row; inf: empty or trusted) and
-    whether it is MILP-trusted. Input-split leaves must rule out every disjunct, ReLU-split leaves their own."""
+    whether it is MILP-trusted. Input-split leaves must rule out every disjunct, ReLU-split leaves their own.
+    only: bound just these ReLU-split leaves (the others get inf; for the writer's refinement)."""
     C, d = padded(pair)
     root = root_bounds(chain, pair)
     if pair["kind"] == "input":
@@ -316,7 +335,7 @@ def pair_bounds(chain: Chain, pair: dict, batch: int = 256) -> tuple[np.ndarray,
         if why is not None:
             raise Invalid(f"disjunct {k}: the ReLU splits do not cover it: {why}")
     out, trusted = np.full(L, np.inf), pair["trusted"].astype(bool)
-    todo = np.flatnonzero(~trusted)
+    todo = np.flatnonzero(~trusted) if only is None else only[~trusted[only]]
     for s in range(0, len(todo), batch):
         t = todo[s:s + batch]
         B = len(t)
