@@ -31,8 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .check_io import BadInput, Chain, read_onnx, read_vnnlib  # noqa: F401 (the checker's API)
-from .check_io import down as _down, preprocess as _preprocess, up as _up
+if __package__:
+    from .check_io import BadInput, Chain, read_onnx, read_vnnlib  # noqa: F401 (the checker's API)
+    from .check_io import down as _down, preprocess as _preprocess, up as _up
+else:  # run as a file, `python check.py MODEL P CERT` beside check_io.py: numpy and onnx only, no torch
+    from check_io import BadInput, Chain, read_onnx, read_vnnlib  # noqa: F401
+    from check_io import down as _down, preprocess as _preprocess, up as _up
 
 FORMAT = "verifier-certificate"
 VERSION = 1

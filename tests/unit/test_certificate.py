@@ -226,3 +226,15 @@ def test_cli_exit_codes(certs, tmp_path):
                            str(MNIST[1]), "--certificate", str(tmp_path / "x.npz")], capture_output=True, text=True)
     assert conv.returncode == 2 and "dense ReLU networks only" in conv.stderr
     assert len(conv.stderr.strip().splitlines()) == 1
+
+
+def test_the_checker_runs_alone_without_torch(certs, tmp_path):
+    """check.py and check_io.py copied anywhere check a certificate with numpy and onnx only."""
+    for name in ("check.py", "check_io.py"):
+        shutil.copy(Path(check.__file__).parent / name, tmp_path / name)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import check; "
+            "code = check.main(sys.argv[2:]); assert 'torch' not in sys.modules; sys.exit(code)")
+    folder = tmp_path
+    out = subprocess.run([sys.executable, "-c", code, str(folder), str(ACAS[0]), str(ACAS[1]), str(certs["acas"])],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("valid ("), out.stderr
