@@ -50,7 +50,7 @@ class _Tree:
     """A tree of cuts over a box; node i is a leaf while left[i] < 0. Boxes are derived as the checker does."""
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
-        self.dim, self.point, self.left, self.right = [-1], [0.0], [-1], [-1]
+        self.dim, self.point, self.left, self.right, self.parent = [-1], [0.0], [-1], [-1], [0]
         self.lo, self.hi = [lo.copy()], [hi.copy()]
 
     def cut(self, node: int, dim: int, point: float) -> tuple[int, int]:
@@ -66,6 +66,7 @@ class _Tree:
             self.point.append(0.0)
             self.left.append(-1)
             self.right.append(-1)
+            self.parent.append(node)
         return len(self.lo) - 2, len(self.lo) - 1
 
     def leaves(self) -> list[int]:
@@ -123,8 +124,9 @@ def _prove_input(chain: check.Chain, pair: dict, tree: _Tree, deadline: float) -
     width = np.maximum(pair["hi"] - pair["lo"], 1e-300)
     todo, added = tree.leaves(), 0
     while todo:
+        parents = tuple(np.array([side[tree.parent[i]] for i in todo]) for side in (tree.lo, tree.hi))
         lower = check.box_bounds(chain, np.array([tree.lo[i] for i in todo]), np.array([tree.hi[i] for i in todo]),
-                                 C, d, root)
+                                 C, d, root, parents)
         failing = [i for i, v in zip(todo, lower) if not v > 0]
         if not failing:
             return True, added

@@ -173,13 +173,16 @@ def _layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | Non
 
 def leaf_lower(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, *,
                sign: list | None = None, alpha: list | None = None, beta: list | None = None,
-               root: list | None = None) -> np.ndarray:
+               root: list | None = None, at: tuple | None = None) -> np.ndarray:
     """Rigorous lower bounds (B, M) of ``C_b f(x) - d_b`` over each leaf b: boxes lo, hi (B, n_inputs) (raw, as
     the property states them), rows C (B, M, n_out), d (B, M) (d = inf: padding); sign [(B, n_j)] split sides,
     alpha / beta [(B, M, n_j)] per ReLU layer (NaN alpha: adaptive); root: `layer_bounds` of a box holding them
-    all. +inf for leaves no input reaches."""
+    all. +inf for leaves no input reaches. at: boxes (lo, hi) inside lo, hi: the rows' linear bounds built on
+    lo, hi (valid there, so on any part) are minimized over these instead."""
     lo, hi = _preprocess(chain, lo, hi)
     bounds, empty, cache = _layer_bounds(chain, lo, hi, sign, root)
+    if at is not None:
+        lo, hi = _preprocess(chain, *at)
     B, M = d.shape
     out = np.full((B, M), np.inf)
     rows = np.nonzero(~empty[:, None] & np.isfinite(d))
@@ -237,14 +240,15 @@ def _covered(term: tuple, pairs: list[dict]) -> bool:
     return False
 
 
-def leaf_boxes(pair: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The leaf boxes (L, n) of an input-split tree: flags (pre-order, 1 cut / 0 leaf), cut dims and points."""
-    stack, los, his, cut = [(pair["lo"].copy(), pair["hi"].copy())], [], [], 0
+def leaf_boxes(pair: dict) -> tuple[np.ndarray, ...]:
+    """The leaf boxes lo, hi (L, n) of an input-split tree (flags in pre-order, 1 cut / 0 leaf; cut dims and
+    points), and their parents' boxes (the root's: itself)."""
+    stack, los, his, cut = [(pair["lo"].copy(), pair["hi"].copy(), pair["lo"], pair["hi"])], [], [], 0
     dims, points = pair["dim"], pair["point"]
     for flag in pair["tree"]:
         if not stack:
             raise Invalid("the input-split tree has nodes after its last leaf")
-        lo, hi = stack.pop()
+        lo, hi, parent_lo, parent_hi = stack.pop()
         if flag:
             if cut >= len(dims) or not 0 <= dims[cut] < len(lo):
                 raise Invalid(f"cut {cut} of the input-split tree is missing or names no input")
@@ -253,14 +257,15 @@ def leaf_boxes(pair: dict) -> tuple[np.ndarray, np.ndarray]:
                 raise Invalid(f"cut {cut} at {p!r} lies outside its box's [{lo[k]!r}, {hi[k]!r}] on input {k}")
             left_hi, right_lo = hi.copy(), lo.copy()
             left_hi[k], right_lo[k] = p, p
-            stack += [(right_lo, hi), (lo, left_hi)]
+            stack += [(right_lo, hi, lo, hi), (lo, left_hi, lo, hi)]
             cut += 1
         else:
-            los.append(lo)
-            his.append(hi)
+            los.append((lo, parent_lo))
+            his.append((hi, parent_hi))
     if stack:
         raise Invalid(f"the input-split tree leaves {len(stack)} piece(s) of the box without a leaf (a gap)")
-    return np.array(los).reshape(-1, len(pair["lo"])), np.array(his).reshape(-1, len(pair["lo"]))
+    los, his = (np.array(x).reshape(-1, 2, len(pair["lo"])) for x in (los, his))
+    return los[:, 0], his[:, 0], los[:, 1], his[:, 1]
 
 
 def relu_coverage(splits: np.ndarray) -> str | None:
@@ -301,15 +306,22 @@ def root_bounds(chain: Chain, pair: dict) -> list:
 
 
 def box_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, root: list,
-               batch: int = 256) -> np.ndarray:
-    """Per box (B,) the worst disjunct's best row lower bound: rows C (K, M, n_out), d (K, M) (padded)."""
+               parents: tuple | None = None, batch: int = 256, at: tuple | None = None) -> np.ndarray:
+    """Per box (B,) the worst disjunct's best row lower bound: rows C (K, M, n_out), d (K, M) (padded). parents:
+    boxes (lo, hi) holding them: a box whose own bound is not > 0 gets its parent's linear bounds minimized over
+    it (the search's clipping proves slabs that way), whichever is larger. at: as `leaf_lower`'s."""
     K, M = d.shape
     out = np.empty(len(lo))
     for s in range(0, len(lo), batch):
         B = len(lo[s:s + batch])
         low = leaf_lower(chain, lo[s:s + batch], hi[s:s + batch], np.broadcast_to(C.reshape(1, K * M, -1),
-                         (B, K * M, C.shape[2])), np.broadcast_to(d.reshape(1, -1), (B, K * M)), root=root)
+                         (B, K * M, C.shape[2])), np.broadcast_to(d.reshape(1, -1), (B, K * M)), root=root,
+                         at=None if at is None else (at[0][s:s + batch], at[1][s:s + batch]))
         out[s:s + batch] = low.reshape(B, K, M).max(2).min(1)
+    again = np.flatnonzero(~(out > 0)) if parents is not None else []
+    if len(again):
+        out[again] = np.maximum(out[again], box_bounds(chain, parents[0][again], parents[1][again], C, d, root,
+                                                       batch=batch, at=(lo[again], hi[again])))
     return out
 
 
@@ -321,8 +333,8 @@ def pair_bounds(chain: Chain, pair: dict, batch: int = 256, only: np.ndarray | N
     C, d = padded(pair)
     root = root_bounds(chain, pair)
     if pair["kind"] == "input":
-        lo, hi = leaf_boxes(pair)
-        return box_bounds(chain, lo, hi, C, d, root, batch), np.zeros(len(lo), dtype=bool)
+        lo, hi, parent_lo, parent_hi = leaf_boxes(pair)
+        return box_bounds(chain, lo, hi, C, d, root, (parent_lo, parent_hi), batch), np.zeros(len(lo), dtype=bool)
     widths = [W.shape[0] for W, _, _, relu in chain.layers if relu]
     neurons, splits, disjunct = pair["neurons"].astype(np.int64), pair["splits"], pair["disjunct"].astype(np.int64)
     L, N = splits.shape

@@ -206,6 +206,11 @@ def test_checker_bounds_are_below_the_exact_minimum(seed, tmp_path):
     flipped = [-s for s in sign]
     other = check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], sign=flipped, alpha=alpha, beta=beta)[0]
     assert np.all(np.minimum(parts, other) <= exact)
+    sub_lo = lo + rng.uniform(0, 0.5, 3) * (hi - lo)  # a part of the box: the box's linear bounds minimized on it
+    sub_hi = sub_lo + rng.uniform(0, 0.5, 3) * (hi - lo)
+    on_part = check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], alpha=alpha, at=(sub_lo[None],
+                                                                                               sub_hi[None]))[0]
+    assert np.all(on_part <= enumerate_bound(load_onnx(tmp_path / "n.onnx"), InputBox(sub_lo, sub_hi), C, -d))
 
 
 def test_cli_exit_codes(certs, tmp_path):
