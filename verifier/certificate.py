@@ -50,10 +50,12 @@ class _Tree:
     """A tree of cuts over a box; node i is a leaf while left[i] < 0. Boxes are derived as the checker does."""
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
-        self.dim, self.point, self.left, self.right, self.parent = [-1], [0.0], [-1], [-1], [0]
+        self.dim, self.point, self.left, self.right, self.anchor, self.depth = [-1], [0.0], [-1], [-1], [0], [0]
         self.lo, self.hi = [lo.copy()], [hi.copy()]
 
-    def cut(self, node: int, dim: int, point: float) -> tuple[int, int]:
+    def cut(self, node: int, dim: int, point: float, anchor: int | None = None) -> tuple[int, int]:
+        """Cut a leaf in two; the children's anchor (the ancestor whose linear bounds they may use): anchor,
+        default the node."""
         lo, hi = self.lo[node], self.hi[node]
         left_hi, right_lo = hi.copy(), lo.copy()
         left_hi[dim], right_lo[dim] = point, point
@@ -66,24 +68,28 @@ class _Tree:
             self.point.append(0.0)
             self.left.append(-1)
             self.right.append(-1)
-            self.parent.append(node)
+            self.anchor.append(node if anchor is None else anchor)
+            self.depth.append(self.depth[node] + 1)
         return len(self.lo) - 2, len(self.lo) - 1
 
     def leaves(self) -> list[int]:
         return [i for i, child in enumerate(self.left) if child < 0]
 
     def arrays(self) -> dict:
-        """tree (pre-order flags), dim, point: the certificate's encoding."""
-        flags, dims, points, stack = [], [], [], [0]
+        """tree (pre-order flags), dim, point, via (per leaf: levels up to its anchor): the certificate's
+        encoding."""
+        flags, dims, points, via, stack = [], [], [], [], [0]
         while stack:
             i = stack.pop()
             flags.append(1 if self.left[i] >= 0 else 0)
-            if self.left[i] >= 0:
+            if self.left[i] < 0:
+                via.append(self.depth[i] - self.depth[self.anchor[i]])
+            else:
                 dims.append(self.dim[i])
                 points.append(self.point[i])
                 stack += [self.right[i], self.left[i]]
         return {"tree": np.array(flags, np.int8), "dim": np.array(dims, np.int32),
-                "point": np.array(points, np.float64)}
+                "point": np.array(points, np.float64), "via": np.array(via, np.int32)}
 
 
 def _input_tree(box, events: list) -> _Tree:
@@ -105,11 +111,12 @@ def _input_tree(box, events: list) -> _Tree:
         if i not in info or not info[i][2] or i not in splits:
             continue  # proved (or never bounded): a leaf the checker must prove itself
         q_lo, q_hi, _ = info[i]
+        start = node  # the clipped-off slabs: proved by this box's linear bounds in the search
         for j in range(len(q_lo)):
             if q_lo[j] > tree.lo[node][j]:
-                node = tree.cut(node, j, q_lo[j])[1]
+                node = tree.cut(node, j, q_lo[j], anchor=start)[1]
             if q_hi[j] < tree.hi[node][j]:
-                node = tree.cut(node, j, q_hi[j])[0]
+                node = tree.cut(node, j, q_hi[j], anchor=start)[0]
         dim, mid, left, right = splits[i]
         a, b = tree.cut(node, dim, mid)
         stack += [(a, left), (b, right)]
@@ -124,7 +131,7 @@ def _prove_input(chain: check.Chain, pair: dict, tree: _Tree, deadline: float) -
     width = np.maximum(pair["hi"] - pair["lo"], 1e-300)
     todo, added = tree.leaves(), 0
     while todo:
-        parents = tuple(np.array([side[tree.parent[i]] for i in todo]) for side in (tree.lo, tree.hi))
+        parents = tuple(np.array([side[tree.anchor[i]] for i in todo]) for side in (tree.lo, tree.hi))
         lower = check.box_bounds(chain, np.array([tree.lo[i] for i in todo]), np.array([tree.hi[i] for i in todo]),
                                  C, d, root, parents)
         failing = [i for i, v in zip(todo, lower) if not v > 0]
@@ -138,7 +145,7 @@ def _prove_input(chain: check.Chain, pair: dict, tree: _Tree, deadline: float) -
             mid = (tree.lo[i][dim] + tree.hi[i][dim]) / 2
             if not tree.lo[i][dim] < mid < tree.hi[i][dim]:
                 return False, added  # too thin to split
-            todo += list(tree.cut(i, dim, mid))
+            todo += list(tree.cut(i, dim, mid, anchor=tree.anchor[i]))
             added += 1
     return True, added
 

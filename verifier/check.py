@@ -242,13 +242,14 @@ def _covered(term: tuple, pairs: list[dict]) -> bool:
 
 def leaf_boxes(pair: dict) -> tuple[np.ndarray, ...]:
     """The leaf boxes lo, hi (L, n) of an input-split tree (flags in pre-order, 1 cut / 0 leaf; cut dims and
-    points), and their parents' boxes (the root's: itself)."""
-    stack, los, his, cut = [(pair["lo"].copy(), pair["hi"].copy(), pair["lo"], pair["hi"])], [], [], 0
+    points), and the boxes of the ancestors whose linear bounds they may use instead of their own ("via": levels
+    up per leaf, default 1: the parent; the root's: itself)."""
+    stack, leaves, cut = [(pair["lo"].copy(), pair["hi"].copy(), ())], [], 0
     dims, points = pair["dim"], pair["point"]
     for flag in pair["tree"]:
         if not stack:
             raise Invalid("the input-split tree has nodes after its last leaf")
-        lo, hi, parent_lo, parent_hi = stack.pop()
+        lo, hi, path = stack.pop()
         if flag:
             if cut >= len(dims) or not 0 <= dims[cut] < len(lo):
                 raise Invalid(f"cut {cut} of the input-split tree is missing or names no input")
@@ -257,15 +258,19 @@ def leaf_boxes(pair: dict) -> tuple[np.ndarray, ...]:
                 raise Invalid(f"cut {cut} at {p!r} lies outside its box's [{lo[k]!r}, {hi[k]!r}] on input {k}")
             left_hi, right_lo = hi.copy(), lo.copy()
             left_hi[k], right_lo[k] = p, p
-            stack += [(right_lo, hi, lo, hi), (lo, left_hi, lo, hi)]
+            stack += [(right_lo, hi, path + ((lo, hi),)), (lo, left_hi, path + ((lo, hi),))]
             cut += 1
         else:
-            los.append((lo, parent_lo))
-            his.append((hi, parent_hi))
+            leaves.append((lo, hi, path))
     if stack:
         raise Invalid(f"the input-split tree leaves {len(stack)} piece(s) of the box without a leaf (a gap)")
-    los, his = (np.array(x).reshape(-1, 2, len(pair["lo"])) for x in (los, his))
-    return los[:, 0], his[:, 0], los[:, 1], his[:, 1]
+    via = pair.get("via", np.array([min(1, len(path)) for _, _, path in leaves]))
+    if len(via) != len(leaves) or any(not 0 <= v <= len(path) for v, (_, _, path) in zip(via, leaves)):
+        raise Invalid("the input-split tree's leaves name ancestors they do not have")
+    anchors = [path[-v] if v else (lo, hi) for v, (lo, hi, path) in zip(via, leaves)]
+    n = len(pair["lo"])
+    return tuple(np.array(x).reshape(-1, n) for x in ([a for a, _, _ in leaves], [b for _, b, _ in leaves],
+                                                      [a for a, _ in anchors], [b for _, b in anchors]))
 
 
 def relu_coverage(splits: np.ndarray) -> str | None:
@@ -308,8 +313,8 @@ def root_bounds(chain: Chain, pair: dict) -> list:
 def box_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, root: list,
                parents: tuple | None = None, batch: int = 256, at: tuple | None = None) -> np.ndarray:
     """Per box (B,) the worst disjunct's best row lower bound: rows C (K, M, n_out), d (K, M) (padded). parents:
-    boxes (lo, hi) holding them: a box whose own bound is not > 0 gets its parent's linear bounds minimized over
-    it (the search's clipping proves slabs that way), whichever is larger. at: as `leaf_lower`'s."""
+    boxes (lo, hi) holding them: a box whose own bound is not > 0 gets that box's linear bounds minimized over it
+    (the search's clipping proves slabs that way, from an ancestor's bounds), whichever is larger. at: as `leaf_lower`'s."""
     K, M = d.shape
     out = np.empty(len(lo))
     for s in range(0, len(lo), batch):

@@ -93,6 +93,10 @@ def test_a_cut_outside_its_box_is_caught(certs, tmp_path):
         a["p0_point"][0] = 1e6
     assert "lies outside" in run_check(*ACAS, tampered(certs["acas"], tmp_path / "a.npz", move))
 
+    def far(a, meta):
+        a["p0_via"][0] = 1000
+    assert "ancestors they do not have" in run_check(*ACAS, tampered(certs["acas"], tmp_path / "b.npz", far))
+
 
 def test_a_multiplier_or_slope_that_breaks_a_bound_is_caught(certs, tmp_path):
     """Disjunct 0's root leaf split on an unstable neuron into both sides: valid with multipliers 0 and adaptive
