@@ -1,6 +1,7 @@
 """Certificates of the holds instances of VNN-COMP suites: written, size, time to write, time to check.
 
-Usage: python benchmarks/certificates.py SUITE_DIR [SUITE_DIR ...] [--limit N] [--select PATTERN] [--timeout T]
+Usage: python benchmarks/certificates.py SUITE_DIR [SUITE_DIR ...] [--limit N] [--select PATTERN] [--every K]
+       [--timeout T]
 
 For every instance whose expected verdict is unsat (instances.csv), runs `verify_instance` with a certificate,
 then the independent checker (`check.check`) on it. Prints one row per instance and a total per suite: verify
@@ -25,13 +26,14 @@ def main() -> None:
     parser.add_argument("suites", nargs="+", type=Path)
     parser.add_argument("--limit", type=int, default=None, help="holds instances per suite at most")
     parser.add_argument("--select", default="", help="only instances whose onnx or vnnlib path contains this")
+    parser.add_argument("--every", type=int, default=1, help="every k-th holds instance only (a spread subset)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per instance (default the suite's)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
     print("suite | instance | verify s | written | leaves | MILP-trusted | bytes | write s | check s | check")
     for suite in args.suites:
         rows = [r for r in csv.DictReader(open(suite / "instances.csv")) if r.get("expected") == "unsat"
-                and (args.select in r["onnx"] or args.select in r["vnnlib"])][:args.limit]
+                and (args.select in r["onnx"] or args.select in r["vnnlib"])][::args.every][:args.limit]
         total = {"n": 0, "written": 0, "valid": 0, "leaves": 0, "trusted": 0, "bytes": 0, "verify": 0.0,
                  "write": 0.0, "check": 0.0}
         for r in rows:
