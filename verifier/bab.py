@@ -152,7 +152,8 @@ class _Bounder:
 
 def input_split(network: Network, box: InputBox, prop: Property, *, deadline: float,
                 confirm: Callable[[np.ndarray], bool], side_attack: Callable[[float], np.ndarray | None] | None = None,
-                max_batch: int = 512, max_pool: int = 1_000_000, clip: bool = True) -> BabResult:
+                max_batch: int = 512, max_pool: int = 1_000_000, clip: bool = True,
+                trace: list | None = None) -> BabResult:
     """Input-splitting branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     confirm(x (n,)) -> bool: whether a candidate counterexample is real (onnxruntime on the original model).
@@ -161,6 +162,8 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     max_batch: boxes split per step at most (2 x that bounded); the batch starts small and doubles while a step
     takes under STEP_SECONDS / 2 (halves above 2 x STEP_SECONDS), so that deadlines are kept and memory stays
     bounded on wide networks. max_pool: open boxes kept at most (beyond: "unknown").
+    trace: a list that gets, per step, ("bound", ids, lo, hi, clipped lo, clipped hi, open) and ("split", ids,
+    dim, mid, left ids, right ids) (box 0 is the root): the search tree, for certificates (certificate.py).
     """
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
@@ -170,6 +173,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "unresolved": 0}
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
     tried, pool, batch = 0, None, 16
+    ids, next_id = torch.zeros(1, dtype=torch.long), 1
 
     def finish(status: str, x: np.ndarray | None = None) -> BabResult:
         stats.update(bound_calls=bounder.calls, seconds=round(time.perf_counter() - start, 4),
@@ -180,7 +184,10 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
         while True:
             stats["domains"] += lo.shape[0]
             step_start = time.perf_counter()
+            lo_in, hi_in = lo, hi
             open_, lo, hi, key, score, points = bounder(lo, hi)
+            if trace is not None:
+                trace.append(("bound", ids, lo_in, hi_in, lo, hi, open_))
             took = time.perf_counter() - step_start
             if took < STEP_SECONDS / 2 and lo.shape[0] >= batch:
                 batch = min(2 * batch, max_batch)
@@ -199,7 +206,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
             tried += checked
             if x is not None:
                 return finish(VIOLATED, x)
-            pool = merge_pool(pool, key[open_], lo[open_], hi[open_], score[open_])
+            pool = merge_pool(pool, key[open_], lo[open_], hi[open_], score[open_], ids[open_])
             stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
             if len(pool[0]) == 0:
                 return finish(UNKNOWN if stats["unresolved"] else HOLDS)
@@ -207,7 +214,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                 return finish(TIMEOUT)
             if len(pool[0]) > max_pool:
                 return finish(UNKNOWN)
-            (lo, hi, score), pool = pop_lowest(pool, batch)
+            (lo, hi, score, ids), pool = pop_lowest(pool, batch)
             # bisect along the best-scoring dimension (widest relative one when no score says anything)
             width = hi - lo
             gain = score * width
@@ -216,13 +223,18 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
             thin = (width / root_width).amax(1) < MIN_RELATIVE_WIDTH
             if thin.any():  # numerically stuck: give up on these boxes, the answer can only be unknown
                 stats["unresolved"] += int(thin.sum())
-                lo, hi, dim = lo[~thin], hi[~thin], dim[~thin]
+                lo, hi, dim, ids = lo[~thin], hi[~thin], dim[~thin], ids[~thin]
             rows_ = torch.arange(lo.shape[0])
             mid = (lo[rows_, dim] + hi[rows_, dim]) / 2
             left_hi, right_lo = hi.clone(), lo.clone()
             left_hi[rows_, dim] = mid
             right_lo[rows_, dim] = mid
             lo, hi = torch.cat([lo, right_lo]), torch.cat([left_hi, hi])
+            children = torch.arange(next_id, next_id + 2 * len(ids))
+            next_id += 2 * len(ids)
+            if trace is not None:
+                trace.append(("split", ids, dim, mid, children[:len(ids)], children[len(ids):]))
+            ids = children
 
 
 def _check_candidates(network: Network, rows: _Rows, points: torch.Tensor, confirm: Callable,
@@ -246,7 +258,7 @@ def _check_candidates(network: Network, rows: _Rows, points: torch.Tensor, confi
 def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int] | None = None, *,
                deadline: float, confirm: Callable[[np.ndarray], bool], layer_bounds: list | None = None,
                side_attack: Callable[[float], np.ndarray | None] | None = None,
-               milp_after: float = MILP_AFTER) -> BabResult:
+               milp_after: float = MILP_AFTER, trace: dict | None = None) -> BabResult:
     """Exact search over the ReLUs' phases for the disjuncts `open_` (default all) until deadline.
 
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
@@ -257,7 +269,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP deciding
        whether ``min_x max_rows > 0`` (`milp.min_max`).
     Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's points, the MILP's
-    best points) go to `confirm`.
+    best points) go to `confirm`. trace: a dict that gets "open" (open_), "closed" (relu_bab.search's) and "milp"
+    (the disjuncts the MILP ruled out), for certificates.
     """
     from .bounds import dual
 
@@ -276,8 +289,11 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     use_milp = splittable <= MILP_MAX_SPLITTABLE
     phase1_end = start + milp_after * (deadline - start) if use_milp else deadline
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
+    if trace is not None:
+        trace.update(open=open_, closed=[], milp=[])
     result = search(network, lo, hi, rows, root, deadline=phase1_end, side_attack=side_attack,
-                             check=lambda points: _check_candidates(network, rows, points, confirm)[0])
+                    check=lambda points: _check_candidates(network, rows, points, confirm)[0],
+                    closed=None if trace is None else trace["closed"])
     stats = dict(result.stats)
     if result.status == "violated":
         return BabResult(VIOLATED, result.x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
@@ -288,6 +304,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         return BabResult(status, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
     status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds, deadline, confirm)
+    if trace is not None:
+        trace["milp"] = still
     stats.update(milp_stats, domains=stats["domains"] + milp_stats["domains"],
                  bound_calls=stats["bound_calls"] + milp_stats["bound_calls"])
     return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))

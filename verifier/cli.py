@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole property (default 60)")
     prop.add_argument("--result-file", help="write the VNN-COMP result (sat + assignment / unsat / unknown / "
                                             "timeout) here")
+    prop.add_argument("--certificate", metavar="CERT",
+                      help="on holds, write a certificate (.npz) that `verify-check MODEL P CERT` checks "
+                           "independently (dense ReLU networks only)")
     suite = p.add_argument_group("a suite of VNN-LIB instances (VNN-COMP instances.csv)")
     suite.add_argument("--instances", help="csv of onnx,vnnlib,timeout_s[,expected] rows (paths relative to it): "
                                            "verify them all; exit code 3 if an answer contradicts 'expected'")
@@ -105,6 +108,8 @@ def run(args, parser) -> int:
         return run_instances(args)
     if args.model is None:
         parser.error("give a MODEL.onnx")
+    if args.certificate is not None and args.vnnlib is None:
+        raise InputError("--certificate is for --vnnlib runs")
     if args.vnnlib is not None or args.smoothing is not None:
         if args.cluster or args.resume or args.workers != 1:
             raise InputError("--workers, --cluster and --resume are for --instances and --data runs")
@@ -222,8 +227,16 @@ def run_vnnlib(args) -> int:
         raise InputError(f"{args.vnnlib}: no such file")
     network = load_onnx(args.model)
     start = time.perf_counter()
-    verdict = verify_instance(network, args.vnnlib, args.timeout)
+    verdict = verify_instance(network, args.vnnlib, args.timeout, certificate=args.certificate)
     seconds = time.perf_counter() - start
+    cert = verdict.stats.get("certificate")
+    if cert is not None and cert["written"]:
+        print(f"certificate written to {cert['path']}: {cert['leaves']} leaves ({cert['milp_trusted']} "
+              f"MILP-trusted), {cert['bytes']} bytes, {cert['seconds']:.2f} s", file=sys.stderr)
+    elif cert is not None:
+        print(f"no certificate written: {cert['why']}", file=sys.stderr)
+    elif args.certificate:
+        print(f"no certificate written: the answer is {verdict.status}, not holds", file=sys.stderr)
     print(f"{verdict.status} ({RESULT_WORDS[verdict.status]}) in {seconds:.2f} s, "
           f"{verdict.stats.get('domains', 0)} domains", file=sys.stderr)
     if args.json:

@@ -276,7 +276,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            check: Callable[[Tensor], np.ndarray | None],
            side_attack: Callable[[float], np.ndarray | None] | None = None, max_batch: int = 256,
            steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float64,
-           retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K) -> SearchResult:
+           retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
+           closed: list | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     lo, hi (1, n_inputs) float64; rows: `bab._Rows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
@@ -287,7 +288,9 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     root_steps: Adam steps per round / at the root.
     dtype float32: the passes run in float32 and every domain they prove is bounded again in float64 from the
     same slopes and multipliers (one pass, no optimization): only that float64 bound proves. retighten: see
-    `_Problem.relaxations`. top_k: see `_Problem.branch`.
+    `_Problem.relaxations`. top_k: see `_Problem.branch`. closed: a list that gets {"cols": per ReLU node its
+    splittable neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved
+    (trusted: by the solver, `decide_region`) (for certificates).
     """
     start = time.perf_counter()
     problem = _Problem(network, lo, hi, rows, root, dtype, retighten)
@@ -304,6 +307,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     beta = torch.zeros(rows.K, M, N, dtype=dtype)
     inherited, newest = None, None  # the parents' bounds of the splittable neurons; layer of the newest split
     pool, n_steps, batch = None, root_steps, 8
+    if closed is not None:
+        closed.append({"cols": [problem.cols[r] for r in problem.relus]})
 
     def finish(status: str, x=None) -> SearchResult:
         stats["seconds"] = round(time.perf_counter() - start, 4)
@@ -328,6 +333,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             key[claimed] = (again.amax(1) - PROOF_MARGIN).to(key.dtype)
             stats["rechecked"] += claimed.numel()
         open_ = key <= 0
+        if closed is not None and bool((~open_).any()):
+            closed.append(tuple(x[~open_] for x in (splits, disjunct, alpha, beta)) + (False,))
         row = lower.argmax(1)
         corners = torch.where(engine.picked_rows(record[0], row) > 0, lo, hi)[open_]
         extra = side_attack(time.perf_counter() - start) if side_attack is not None else None
@@ -355,6 +362,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             if found is not None:
                 return finish("violated", found)
             still[disjunct[j]] |= not proved  # undecided: the caller's
+            if proved and closed is not None:
+                closed.append((splits[j:j + 1], disjunct[j:j + 1], alpha[j:j + 1], beta[j:j + 1], True))
             open_[j] = False
             stats["stuck"] += 1
         choice = problem.branch(splits, disjunct, alpha, beta, relax, score, top_k)

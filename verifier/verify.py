@@ -75,10 +75,12 @@ def float32_inside(x: np.ndarray, box: InputBox) -> np.ndarray | None:
 
 
 def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.0, *, seed: int = 0,
-           checker: Checker | None = None) -> Verdict:
+           checker: Checker | None = None, trace: dict | None = None) -> Verdict:
     """Decide whether prop holds on the box within about timeout seconds (module docstring).
 
     checker: a `Checker` to reuse (verify_instance shares one across boxes); made here otherwise.
+    trace: a dict that gets what proved it (kind "input": the search's events; "relu": bab.relu_split's trace,
+    "open" [] when the dual passes ruled everything out), for certificates (certificate.py).
     """
     start = time.perf_counter()
     deadline = start + timeout
@@ -100,12 +102,17 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
         return found
     if network.n_inputs <= INPUT_SPLIT_MAX_INPUTS:
         t0 = time.perf_counter()
+        if trace is not None:
+            trace.update(kind="input", events=[])
         result = bab.input_split(network, box, prop, deadline=deadline,
                                  confirm=lambda x: checker(box, prop, x) is not None,
-                                 side_attack=_SideAttack(network, box, prop, seed, deadline))
+                                 side_attack=_SideAttack(network, box, prop, seed, deadline),
+                                 trace=None if trace is None else trace["events"])
         phase("input_split", t0)
         return _from_bab(result, box, prop, checker, stats)
-    return _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase)
+    if trace is not None:
+        trace.update(kind="relu", open=[])
+    return _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace)
 
 
 class _SideAttack:
@@ -129,7 +136,7 @@ class _SideAttack:
         return result.x if result.success else None
 
 
-def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase) -> Verdict:
+def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace=None) -> Verdict:
     """Dual passes (adaptive, then optimized slopes), then ReLU branch and bound (falsification rounds beside it)."""
     open_ = list(range(len(prop.disjuncts)))
     # (phase, slopes, seconds it must have left to start)
@@ -146,7 +153,7 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase)
     t0 = time.perf_counter()
     result = bab.relu_split(network, box, prop, open_, deadline=deadline, layer_bounds=layer_bounds,
                             confirm=lambda x: checker(box, prop, x) is not None,
-                            side_attack=_SideAttack(network, box, prop, seed, deadline, first=0.0))
+                            side_attack=_SideAttack(network, box, prop, seed, deadline, first=0.0), trace=trace)
     phase("relu_split", t0)
     return _from_bab(result, box, prop, checker, stats)
 
@@ -173,11 +180,20 @@ def _from_bab(result: bab.BabResult, box, prop, checker, stats: dict) -> Verdict
     return Verdict(result.status, None, stats)
 
 
-def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 60.0, *, seed: int = 0) -> Verdict:
+def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 60.0, *, seed: int = 0,
+                    certificate: str | Path | None = None) -> Verdict:
     """Verify every (box, property) pair of a VNN-LIB file within timeout seconds in all: violated if any pair
-    is, holds only if all hold (the budget left passes from pair to pair)."""
+    is, holds only if all hold (the budget left passes from pair to pair).
+
+    certificate: on holds, write a certificate there (certificate.py; dense ReLU chains loaded from ONNX only,
+    else UnsupportedNetwork before anything runs); stats["certificate"] says what was written, or why not."""
     start = time.perf_counter()
+    if certificate is not None:
+        from .certificate import require_certifiable
+
+        require_certifiable(network)
     pairs = parse_vnnlib(vnnlib_path, network.n_inputs, network.n_outputs)
+    traces: list = []
     checker = Checker(network)
     stats: dict = {"boxes": len(pairs), "domains": 0, "bound_calls": 0, "phases": {}}
     worst = HOLDS
@@ -185,7 +201,9 @@ def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 
         remaining = timeout - (time.perf_counter() - start)
         if remaining <= 0:
             return Verdict(TIMEOUT, None, stats)
-        verdict = verify(network, box, prop, remaining, seed=seed, checker=checker)
+        traces.append({})
+        verdict = verify(network, box, prop, remaining, seed=seed, checker=checker,
+                         trace=None if certificate is None else traces[-1])
         for key in ("domains", "bound_calls"):
             stats[key] += verdict.stats.get(key, 0)
         for name, seconds in verdict.stats.get("phases", {}).items():
@@ -198,6 +216,11 @@ def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 
             return Verdict(TIMEOUT, None, stats)
         if verdict.status == UNKNOWN:
             worst = UNKNOWN
+    if certificate is not None and worst == HOLDS:
+        from .certificate import write_certificate
+
+        stats["certificate"] = write_certificate(network, vnnlib_path, pairs, traces, certificate,
+                                                 time_limit=max(30.0, timeout))
     return Verdict(worst, None, stats)
 
 
