@@ -6,10 +6,11 @@ only after onnxruntime, running the model's ONNX file, agrees (soundness rule 3 
 
 Input sets: a box ``lo <= x <= hi`` (an L-inf ball is a box), or for ``norm="l2"`` / ``"l1"`` the intersection of
 the box with the ball ``||x - center||_p <= radius`` (center must lie in the box; `spec.InputBall`). Steps per
-norm (`norms.steepest_direction`): the gradient's sign (L-inf), the normalised gradient (L2), a sparse step on the
-top coordinates of |gradient| (L1); after each step the exact Euclidean projection onto ball ∩ box
-(`norms.project_l2` / `project_l1`, by bisection on the multiplier of the ball constraint; every point they return
-lies in both). The batched core works on B problems at once with R restarts each; tensors are laid out (B, R, n).
+norm: the gradient's sign (L-inf) or the normalised gradient (L2, `norms.steepest_direction`), then the exact
+Euclidean projection onto ball ∩ box (`norms.project_l2`, by bisection on the multiplier of the ball constraint;
+every point it returns lies in both). L1 takes Frank-Wolfe steps instead, ``x + gamma (v - x)`` towards the vertex
+v of ball ∩ box that minimises the gradient's linear model (`norms.l1_vertex`, exact by sorting; gamma = twice
+the step size, at most 1): projected sparse steps stalled near box corners, where the L1 ball's minimiser lies. The batched core works on B problems at once with R restarts each; tensors are laid out (B, R, n).
 """
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
     lo, hi, start (B, n); radius (B,) for L2/L1 (ball centred at start). objective/loss map outputs (B, R, n_out) to
     (B, R); the objective (the value that counts) is tracked, the loss gives the gradient. Step t moves by
     ``size_t * scale`` with size decaying geometrically from step_size to final_step, scale = the box half-width
-    per coordinate (L-inf) or the radius (L2, L1). leak: the largest gradient slope through inactive hidden ReLUs,
+    per coordinate (L-inf) or the radius (L2); L1 steps are Frank-Wolfe steps of fraction min(1, 2 size_t). leak: the largest gradient slope through inactive hidden ReLUs,
     varied over restarts (LEAK_SCALES) and annealed to 0 (LEAK_ANNEAL) so each run ends on the true gradient;
     the leak explores, the tracked objective is always the true network's. stop: "all"/"any" = exit once
     all/any of the B problems reached objective < 0 (<= 0 when inclusive); None = run every step.
@@ -171,7 +172,12 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
             if t == steps or (deadline is not None and time.perf_counter() > deadline):
                 break
             size = step_size * (final_step / step_size) ** (t / max(steps - 1, 1))
-            if norm != "linf":  # coordinates pinned at the box side they descend to cannot move: step elsewhere
+            if norm == "l1":  # Frank-Wolfe: a convex combination of two points of the set (projected: rounding)
+                vertex = norms.l1_vertex(grad, lo_r, hi_r, center, rad)
+                x = project(x + min(1.0, 2 * size) * (vertex - x))
+                taken += 1
+                continue
+            if norm == "l2":  # coordinates pinned at the box side they descend to cannot move: step elsewhere
                 grad = torch.where(((x <= lo_r) & (grad > 0)) | ((x >= hi_r) & (grad < 0)), 0.0, grad)
             x = project(x - size * scale * norms.steepest_direction(grad, norm))
             taken += 1
@@ -182,21 +188,19 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
 
 def _fgsm_core(forward: _Forward, lo, hi, loss: Callable, *, start, norm, radius) -> torch.Tensor:
     """One full step from start (B, n) along the loss's descent direction, into the set: for L-inf the box corner
-    chosen by the gradient sign (coordinates with zero gradient stay), for L2 ``start - radius g/||g||``, for L1
-    ``start - radius sign(g_i) e_i`` on the coordinate of largest |g_i| (the L1 ball's steepest vertex); balls are
-    then projected onto ball ∩ box."""
+    chosen by the gradient sign (coordinates with zero gradient stay), for L2 ``start - radius g/||g||`` projected
+    onto ball ∩ box, for L1 the vertex of ball ∩ box minimising the gradient's linear model (`norms.l1_vertex`:
+    without clipping ``start - radius sign(g_i) e_i`` at the largest |g_i|)."""
     x = start.detach()[:, None].clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(forward(x)).sum(), x)
     with torch.no_grad():
         grad = grad[:, 0]
         if norm == "linf":
             return torch.where(grad > 0, lo, torch.where(grad < 0, hi, start))
-        if norm == "l2":
-            step = norms.steepest_direction(grad, "l2")
-        else:
-            top = grad.abs().argmax(-1, keepdim=True)
-            step = torch.zeros_like(grad).scatter(-1, top, grad.gather(-1, top).sign())
-        return norms.project(start - radius[:, None] * step, lo, hi, start, radius, norm)
+        if norm == "l1":
+            return norms.l1_vertex(grad, lo, hi, start, radius)
+        return norms.project(start - radius[:, None] * norms.steepest_direction(grad, "l2"), lo, hi, start, radius,
+                             "l2")
 
 
 # --- public batched attacks -----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import torch
 
 Tensor = torch.Tensor
 BISECTIONS = 60  # halvings of a projection's parameter: 2^-60 of its range, ~float64 resolution
-L1_STEP_FRACTION = 0.05  # an L1 steepest-descent step moves the top 5 % coordinates of |gradient| (at least 1)
 
 
 # --- dual norms ------------------------------------------------------------------------------------------------
@@ -44,20 +43,67 @@ def dual_norm_np(a: np.ndarray, norm: str) -> np.ndarray:
     raise ValueError(f"unknown norm {norm!r}")
 
 
+# --- the minimum of a linear function over ball ∩ box, from below (the bound engine's concretisation) --------
+BALL_BOX_BISECTIONS = 50  # geometric halvings that pick the L2 multiplier (any multiplier gives a sound bound)
+
+
+def ball_box_lower(A: Tensor, x0: Tensor, eps: Tensor, norm: str, lo: Tensor, hi: Tensor) -> Tensor:
+    """A lower bound (B, K) of ``min A_k . x`` over ``{||x - x0||_p <= eps, lo <= x <= hi}``: A (B or 1, K, n),
+    x0, lo, hi (B, n), eps (B,); norm "l2" or "l1".
+
+    Lagrangian duality on the ball constraint alone (the box stays a box): for every multiplier m >= 0,
+    ``g(m) = min_{x in box} A.x + m (phi(x - x0) - phi_eps)`` is at most the minimum over the intersection (on the
+    ball the added term is <= 0). L2: phi = ||.||^2 / 2, m = 1/t, solved per coordinate by
+    ``d = clip(-t a, lo - x0, hi - x0)``; L1: phi = ||.||_1, per coordinate the least of the convex function
+    ``a d + m |d|`` at the interval's ends and at 0 (clipped). The multiplier is chosen without gradient (L2:
+    geometric bisection for ``||d(t)||_2 = eps``; L1: the weighted median, the |a_i| where the coordinates of
+    larger |a_i| have spent eps moving to their box sides), then g is evaluated at it with gradient. The choice
+    only affects tightness, never soundness; at the optimal multiplier g is the exact minimum (strong duality),
+    and the limits m -> 0 and m -> infinity (L1: m = ||a||_inf) are the box's and the ball's own minima.
+    """
+    x0, lo, hi, eps = x0.unsqueeze(1), lo.unsqueeze(1), hi.unsqueeze(1), eps.reshape(-1, 1)
+    low, high = lo - x0, hi - x0  # (B, 1, n): the moves d = x - x0 the box allows
+    base = (A * x0).sum(-1)
+    if norm == "l2":
+        with torch.no_grad():
+            size = torch.linalg.vector_norm(A, dim=-1).clamp_min(1e-300)
+            steps = torch.where(A > 0, -low, high) / A.abs().clamp_min(1e-300)  # t at which each coordinate stops
+            t_lo = (eps / size).clamp(1e-150, 1e150)  # unclipped: ||d|| = eps exactly; clipping only shortens it
+            t_hi = torch.maximum(steps.amax(-1).clamp(1e-150, 1e150), t_lo)  # (clamped: no overflow below)
+            for _ in range(BALL_BOX_BISECTIONS):
+                mid = (t_lo * t_hi).sqrt()
+                d = torch.minimum(torch.maximum(-mid.unsqueeze(-1) * A, low), high)
+                inside = (d * d).sum(-1) <= eps * eps
+                t_lo, t_hi = torch.where(inside, mid, t_lo), torch.where(inside, t_hi, mid)
+            t = t_hi
+        d = torch.minimum(torch.maximum(-t.unsqueeze(-1) * A, low), high)
+        return base + (A * d).sum(-1) + ((d * d).sum(-1) - eps * eps) / (2 * t)
+    if norm != "l1":
+        raise ValueError(f"unknown norm {norm!r}")
+    with torch.no_grad():
+        magnitude = A.abs()
+        room = torch.where(A > 0, -low, high).clamp_min(0.0).expand_as(A)
+        order = magnitude.argsort(-1, descending=True)
+        spent = room.gather(-1, order).cumsum(-1)
+        first = (spent < eps.unsqueeze(-1)).sum(-1, keepdim=True).clamp_max(A.shape[-1] - 1)
+        m = magnitude.gather(-1, order).gather(-1, first).squeeze(-1)
+        m = torch.where(spent[..., -1] < eps, torch.zeros_like(m), m)  # eps reaches every box side: the box's
+    mm = m.unsqueeze(-1)
+    zero = torch.minimum(torch.maximum(torch.zeros_like(low), low), high)
+    terms = torch.minimum(torch.minimum(A * low + mm * low.abs(), A * high + mm * high.abs()),
+                          A * zero + mm * zero.abs())
+    return base + terms.sum(-1) - m * eps
+
+
 # --- attack steps ----------------------------------------------------------------------------------------------
 def steepest_direction(grad: Tensor, norm: str) -> Tensor:
-    """A unit step (..., n) of the norm along which ``grad . step`` is largest (subtract it to descend): sign for
-    L-inf, grad / ||grad||_2 for L2; for L1 (whose exact steepest step moves one coordinate) the sign of the top
-    L1_STEP_FRACTION of coordinates by |grad|, divided by their count (a sparse step that still explores)."""
+    """A unit step (..., n) of the norm along which ``grad . step`` is largest (subtract it to descend): the sign
+    for "linf", grad / ||grad||_2 for "l2" (L1 attacks take Frank-Wolfe steps instead: `l1_vertex`)."""
     if norm == "linf":
         return grad.sign()
     if norm == "l2":
         return grad / torch.linalg.vector_norm(grad, dim=-1, keepdim=True).clamp_min(1e-300)
-    n = grad.shape[-1]
-    k = max(1, int(round(L1_STEP_FRACTION * n)))
-    top = grad.abs().topk(k, dim=-1).indices
-    step = torch.zeros_like(grad).scatter(-1, top, grad.gather(-1, top).sign())
-    return step / k
+    raise ValueError(f"no steepest step for norm {norm!r}")
 
 
 def random_in_ball(shape: tuple, norm: str, generator: torch.Generator, dtype, device) -> Tensor:
@@ -72,6 +118,21 @@ def random_in_ball(shape: tuple, norm: str, generator: torch.Generator, dtype, d
         direction = torch.where(signs, -e, e) / e.sum(-1, keepdim=True).clamp_min(1e-300)
     length = torch.rand(shape[:-1], generator=generator, dtype=dtype) ** (1.0 / n)
     return (direction * length[..., None]).to(device)
+
+
+def l1_vertex(grad: Tensor, lo: Tensor, hi: Tensor, center: Tensor, radius: Tensor) -> Tensor:
+    """The point (..., n) of {lo <= x <= hi, ||x - center||_1 <= radius} (center in the box, radius (...)) that
+    minimises ``grad . x``: a fractional knapsack, exact by sorting -- the coordinates of largest |grad| move
+    first, downhill, each up to its box side, until the radius is spent (the Frank-Wolfe vertex of L1 attacks)."""
+    room = torch.where(grad > 0, center - lo, hi - center).clamp_min(0.0)
+    room = torch.minimum(room, radius[..., None].expand_as(room))
+    order = grad.abs().argsort(-1, descending=True)
+    room_sorted = room.gather(-1, order)
+    before = room_sorted.cumsum(-1) - room_sorted
+    move = torch.zeros_like(grad).scatter(-1, order, (radius[..., None] - before).clamp_min(0.0)
+                                          .minimum(room_sorted))
+    x = center - grad.sign() * move
+    return torch.minimum(torch.maximum(x, lo), hi)
 
 
 # --- projections onto ball ∩ box -------------------------------------------------------------------------------

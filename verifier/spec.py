@@ -167,7 +167,9 @@ class InputBall:
         direction = direction / np.where(length > 0, length, 1.0)
         scale = rng.uniform(size=(count, 1)) ** (1.0 / self.n)
         scale = np.where(rng.uniform(size=(count, 1)) < 0.5, 1.0, scale)
-        radius = self.eps * (1 - 1e-12)  # "on the sphere" up to rounding: still inside for `contains`
+        # "on the sphere" up to rounding: x0 + d stores d to within half an ulp of x0 per coordinate
+        slack = 4 * self.n * np.finfo(np.float64).eps * max(1.0, float(np.max(np.abs(self.x0), initial=0.0)))
+        radius = max(0.0, self.eps * (1 - 1e-12) - slack)
         return np.clip(self.x0 + radius * scale * direction, self.box.lo, self.box.hi)
 
 

@@ -56,7 +56,7 @@ def exact_minima(net: Network, input_set, C: np.ndarray, d: np.ndarray) -> np.nd
 def tiny_problem(seed: int, norm: str, clipped: bool):
     rng = np.random.default_rng(seed)
     n_in, depth = int(rng.integers(2, 4)), int(rng.integers(1, 3))
-    width = 3 if depth == 2 else int(rng.integers(2, 5))
+    width = 2 if depth == 2 else int(rng.integers(2, 5))  # at most 16 activation patterns
     net = random_network([n_in] + [width] * depth + [3], rng, scale=float(rng.uniform(0.7, 2.0)))
     x0 = rng.uniform(0.0, 1.0, size=n_in)
     x0[rng.uniform(size=n_in) < 0.3] = 0.0  # on the clip boundary, like dark pixels
@@ -66,7 +66,7 @@ def tiny_problem(seed: int, norm: str, clipped: bool):
 
 
 @pytest.mark.parametrize("norm", ["2", "1"])
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10**6), clipped=st.booleans())
 def test_certified_below_exact_below_attack(norm, seed, clipped):
     rng, net, input_set, label = tiny_problem(seed, norm, clipped)
@@ -152,4 +152,5 @@ def test_linear_closed_form_is_the_exact_minimum_and_pgd_reaches_it(norm, seed, 
             assert np.allclose(bound(net, input_set, C, d, method=method).lower, closed, atol=1e-7), method
     result = attack(net, input_set, label, restarts=10, steps=100, final_step=1e-4, seed=seed, check=False)
     assert result.value >= closed.min() - 1e-9  # a point of the set
-    assert result.value <= closed.min() + 1e-4 * max(1.0, abs(closed.min()))  # and PGD reaches the minimum
+    # and PGD reaches the minimum (L1: Frank-Wolfe lands on it; L2: to its last steps' size, 1e-4 eps)
+    assert result.value <= closed.min() + 1e-4 * max(1.0, abs(closed.min()))

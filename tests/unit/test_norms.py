@@ -10,7 +10,7 @@ from verifier.attacks import _snap_float32, attack
 from verifier.bounds import bound, engine
 from verifier.linear import binary_linear_worst
 from verifier.network import random_network
-from verifier.norms import dual_norm, project_l1, steepest_direction
+from verifier.norms import dual_norm, l1_vertex, project_l1, steepest_direction
 from verifier.spec import InputBall, InputBox, SpecError, ball, linf_ball, margin_rows, norm_name, pull_inside
 
 
@@ -59,7 +59,9 @@ def test_steepest_directions_and_dual_norms():
     g = torch.tensor([[3.0, -4.0, 0.5, 0.0]])
     assert torch.equal(steepest_direction(g, "linf"), torch.tensor([[1.0, -1.0, 1.0, 0.0]]))
     assert torch.allclose(steepest_direction(g, "l2"), g / g.norm())
-    assert torch.equal(steepest_direction(g, "l1"), torch.tensor([[0.0, -1.0, 0.0, 0.0]]))  # top 5 %: one entry
+    centre, lo, hi = torch.full((1, 4), 0.5), torch.zeros(1, 4), torch.ones(1, 4)
+    vertex = l1_vertex(g, lo, hi, centre, torch.tensor([0.8]))  # -4 first (up to its side 1), then 3 (down)
+    assert torch.allclose(vertex, torch.tensor([[0.2, 1.0, 0.5, 0.5]]))
     assert dual_norm(g, "l2").item() == pytest.approx(np.sqrt(25.25))
     assert dual_norm(g, "l1").item() == 4.0 and dual_norm(g, "linf").item() == 7.5
     delta, worst = binary_linear_worst([3.0, -4.0], 1.0, [0.0, 0.0], 1, 0.5, norm=1)

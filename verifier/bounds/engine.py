@@ -33,7 +33,7 @@ import torch
 
 from .. import ops
 from ..network import Network
-from ..norms import dual_norm
+from ..norms import ball_box_lower, dual_norm
 from .interval import interval_step
 
 Tensor = torch.Tensor
@@ -89,16 +89,19 @@ def concretize(A: Tensor, const: Tensor, centre: Tensor, radius: Tensor, ball: B
     """Lower bound (B, K) of ``<A_k, x> + const_k`` over the input set: A (B or 1, K, n_inputs), const (B or 1, K),
     the boxes' centre and radius (B, n_inputs).
 
-    Box: its exact minimum ``A centre - |A| radius + const``. Ball ∩ box (ball given): the larger of the box's
-    minimum and the ball's ``A x0 - eps ||A||_* + const`` (Hölder, exact over the ball). Sound: the box and the
-    ball each contain the intersection, so each minimum is at most the minimum over the intersection, and so is
-    their maximum. (Not exact when both constraints bind at the minimiser.)
+    Box: its exact minimum ``A centre - |A| radius + const``. Ball ∩ box (ball given): the largest of three lower
+    bounds of the minimum over the intersection: the box's minimum and the ball's ``A x0 - eps ||A||_* + const``
+    (Hölder, exact over the ball) -- the box and the ball each contain the intersection, so each minimum is at
+    most the one over the intersection, and so is their maximum -- and the Lagrangian dual bound of
+    `norms.ball_box_lower` (weak duality: valid for any multiplier; exact at the best one, which it picks), which
+    is tight where both constraints bind, as on clipped images with dark pixels.
     """
     box = const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
     if ball is None:
         return box
     at_ball = const + (A @ ball.x0.unsqueeze(-1)).squeeze(-1) - ball.eps.unsqueeze(-1) * dual_norm(A, ball.norm)
-    return torch.maximum(box, at_ball)
+    both = const + ball_box_lower(A, ball.x0, ball.eps, ball.norm, centre - radius, centre + radius)
+    return torch.maximum(torch.maximum(box, at_ball), both)
 
 
 def _sum_over_shape(x: Tensor) -> Tensor:
