@@ -124,3 +124,12 @@ def test_attack_takes_an_input_ball_and_refuses_mixed_arguments():
     assert s.contains(result.x) and result.info["norm"] == "l1"
     with pytest.raises(SpecError):
         attack(net, s, 0, norm="l2", eps=0.4)
+
+
+def test_verify_takes_boxes_only():
+    from verifier.spec import robustness_property
+    from verifier.verify import verify
+
+    net = random_network([2, 4, 2], np.random.default_rng(8))
+    with pytest.raises(SpecError, match="boxes"):
+        verify(net, ball([0.5, 0.5], 0.1, 2), robustness_property(0, 2), timeout=5)

@@ -4,7 +4,9 @@ A linear function ``A . v_top + c`` of one node's values is pushed backwards thr
 topological order: through a linear operator by its transpose (`backward`, plus ``<A, offset>`` into c), through
 a ReLU by a linear bound chosen by the sign of each coefficient (the lower line ``alpha z`` under a positive one,
 the upper line ``s z + t`` under a negative one); where a node feeds several others (fan-out) the rows arriving
-from each are summed. At the input it is minimised over the box in closed form: ``A @ centre - |A| @ radius + c``.
+from each are summed. At the input it is minimised over the box in closed form: ``A @ centre - |A| @ radius + c``;
+with an L2/L1 ball (`Ball`, the boxes then being its bounding boxes) over ball ∩ box by `concretize`, the one
+place that knows the input set: every pass (layer bounds, rows, alpha-CROWN, the LP's re-derivation) gets it.
 
 ReLU relaxation (`relax`, the only one in the project) for pre-activation bounds l <= z <= u: ``u <= 0`` is
 inactive (h = 0; an empty interval l > u from an infeasible split counts here too), ``l < 0 < u`` strictly is
