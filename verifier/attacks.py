@@ -10,7 +10,8 @@ norm: the gradient's sign (L-inf) or the normalised gradient (L2, `norms.steepes
 Euclidean projection onto ball ∩ box (`norms.project_l2`, by bisection on the multiplier of the ball constraint;
 every point it returns lies in both). L1 takes Frank-Wolfe steps instead, ``x + gamma (v - x)`` towards the vertex
 v of ball ∩ box that minimises the gradient's linear model (`norms.l1_vertex`, exact by sorting; gamma = twice
-the step size, at most 1): projected sparse steps stalled near box corners, where the L1 ball's minimiser lies. The batched core works on B problems at once with R restarts each; tensors are laid out (B, R, n).
+the step size, at most 1): projected sparse steps stalled near box corners, where the L1 ball's minimiser lies.
+The batched core works on B problems at once with R restarts each; tensors are laid out (B, R, n).
 """
 from __future__ import annotations
 
@@ -129,9 +130,10 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
     lo, hi, start (B, n); radius (B,) for L2/L1 (ball centred at start). objective/loss map outputs (B, R, n_out) to
     (B, R); the objective (the value that counts) is tracked, the loss gives the gradient. Step t moves by
     ``size_t * scale`` with size decaying geometrically from step_size to final_step, scale = the box half-width
-    per coordinate (L-inf) or the radius (L2); L1 steps are Frank-Wolfe steps of fraction min(1, 2 size_t). leak: the largest gradient slope through inactive hidden ReLUs,
-    varied over restarts (LEAK_SCALES) and annealed to 0 (LEAK_ANNEAL) so each run ends on the true gradient;
-    the leak explores, the tracked objective is always the true network's. stop: "all"/"any" = exit once
+    per coordinate (L-inf) or the radius (L2); L1 steps are Frank-Wolfe steps of fraction min(1, 2 size_t).
+    leak: the largest gradient slope through inactive hidden ReLUs, varied over restarts (LEAK_SCALES) and
+    annealed to 0 (LEAK_ANNEAL) so each run ends on the true gradient; the leak explores, the tracked objective
+    is always the true network's. stop: "all"/"any" = exit once
     all/any of the B problems reached objective < 0 (<= 0 when inclusive); None = run every step.
     Returns the best x (B, n) over restarts and steps, its objective (B,), and the number of steps taken.
     """

@@ -126,7 +126,8 @@ def summary_lines(summary: dict) -> list[str]:
     if summary["certified"]:
         lines.append("certified: " + ", ".join(f"{m} {c}/{n}" for m, c in summary["certified"].items()))
     if "smoothing_certified" in summary:
-        lines.append(f"smoothed classifier certified (radius > eps, probabilistic): {summary['smoothing_certified']}/{n}")
+        lines.append("smoothed classifier certified (radius > eps, probabilistic): "
+                     f"{summary['smoothing_certified']}/{n}")
     gaps = {k: v for k, v in summary.items() if k.startswith("gap_")}
     if gaps:
         lines.append("mean gaps: " + ", ".join(f"{k[4:].replace('_', ' - ')} {v:.4f}" for k, v in gaps.items()))

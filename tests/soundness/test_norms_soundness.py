@@ -152,5 +152,7 @@ def test_linear_closed_form_is_the_exact_minimum_and_pgd_reaches_it(norm, seed, 
             assert np.allclose(bound(net, input_set, C, d, method=method).lower, closed, atol=1e-7), method
     result = attack(net, input_set, label, restarts=10, steps=100, final_step=1e-4, seed=seed, check=False)
     assert result.value >= closed.min() - 1e-9  # a point of the set
-    # and PGD reaches the minimum (L1: Frank-Wolfe lands on it; L2: to its last steps' size, 1e-4 eps)
-    assert result.value <= closed.min() + 1e-4 * max(1.0, abs(closed.min()))
+    # and PGD reaches the minimum: L1's Frank-Wolfe steps land on it; L2's projected steps get within 6e-5
+    # (relative) on 200 clipped cases, 5e-4 at worst seen near a box corner, where the clipped sphere has a kink
+    tolerance = 1e-4 if input_set.norm == "l1" else 1e-3
+    assert result.value <= closed.min() + tolerance * max(1.0, abs(closed.min()))

@@ -8,8 +8,8 @@ pass with optimized slopes), optionally tightened by LP-all (``intermediate="lp"
 
 Both sides are checked (DESIGN.md rule 2): ``lower`` is the solver's proven dual bound (or, if it is weaker, the
 dual pass's bound: both are valid), and ``upper`` is OUR network's float64 value at the best point known for the
-row (the solver's points moved into the set (`spec.pull_inside`), its centre, and any given start points), never the solver's
-objective. ``lower <= upper`` always.
+row (the solver's points moved into the set (`spec.pull_inside`), its centre, and any given start points), never
+the solver's objective. ``lower <= upper`` always.
 
 Minimum over rows (``objective="min"``, the robust margin): rows are solved most suspicious first (lowest dual
 bound), each constrained to go below the best value found so far (a cutoff row), so a row that cannot is pruned:
