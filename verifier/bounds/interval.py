@@ -20,7 +20,7 @@ from .. import ops
 
 from ..network import Network
 from ..norms import dual_norm_np
-from ..spec import InputBall, InputBox, bounding_box
+from ..spec import InputBall, InputBox
 from .base import BoundResult, check_problem
 
 
