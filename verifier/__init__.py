@@ -4,7 +4,8 @@ from .bounds import METHODS, BoundResult, bound
 from .errors import InputError, ModelError, VnnlibError
 from .network import Affine, Network, ReLU
 from .onnx import OnnxRunner, load_onnx, run_onnxruntime, save_onnx
-from .spec import InputBox, Property, linf_ball, margin_rows, robustness_property, targeted_property
+from .spec import (InputBall, InputBox, Property, ball, linf_ball, margin_rows, robustness_property,
+                   targeted_property)
 from .verify import Verdict, verify, verify_instance
 from .vnnlib import parse_vnnlib
 

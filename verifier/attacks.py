@@ -4,9 +4,14 @@ Every attack returns a real point of the input set, so the margin there is an *u
 ``min_{x in set} min_{j != label} f_label(x) - f_j(x)``. A point is reported as a counterexample (``success``)
 only after onnxruntime, running the model's ONNX file, agrees (soundness rule 3 of DESIGN.md).
 
-Input sets: a box ``lo <= x <= hi`` (an L-inf ball is a box), or for ``norm="l2"`` the intersection of the box with
-the L2 ball ``||x - center||_2 <= radius`` (center must lie in the box). The batched core works on B problems
-at once with R restarts each; tensors are laid out (B, R, n).
+Input sets: a box ``lo <= x <= hi`` (an L-inf ball is a box), or for ``norm="l2"`` / ``"l1"`` the intersection of
+the box with the ball ``||x - center||_p <= radius`` (center must lie in the box; `spec.InputBall`). Steps per
+norm: the gradient's sign (L-inf) or the normalised gradient (L2, `norms.steepest_direction`), then the exact
+Euclidean projection onto ball ∩ box (`norms.project_l2`, by bisection on the multiplier of the ball constraint;
+every point it returns lies in both). L1 takes Frank-Wolfe steps instead, ``x + gamma (v - x)`` towards the vertex
+v of ball ∩ box that minimises the gradient's linear model (`norms.l1_vertex`, exact by sorting; gamma = twice
+the step size, at most 1): projected sparse steps stalled near box corners, where the L1 ball's minimiser lies.
+The batched core works on B problems at once with R restarts each; tensors are laid out (B, R, n).
 """
 from __future__ import annotations
 
@@ -17,11 +22,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import norms
+from .linear import binary_linear_worst, linear_worst_case  # noqa: F401 -- re-exported: the exact linear answers
 from .network import Network
-from .spec import InputBox, Property, SpecError
+from .spec import InputBall, InputBox, Property, SpecError, norm_name
 
 OUTPUT_LEAK = 0.01  # gradient slope below zero of an output ReLU: a dead output still points somewhere
-L2_BISECTIONS = 60  # halvings of the ball-projection parameter: 2^-60 ~ float64 resolution
 LEAK_ANNEAL = 0.8  # the hidden-ReLU gradient leak decays linearly to 0 at this fraction of the steps
 LEAK_SCALES = (0.0, 1.0, 3.0, 0.3)  # restarts r >= 1 cycle through leak times these (restart 0: true gradient)
 ROUND_STEP_SCALES = (1.0, 0.2)  # falsify's rounds cycle through step sizes times these
@@ -113,40 +119,6 @@ def _violation(C: torch.Tensor, d: torch.Tensor, valid: torch.Tensor) -> Callabl
     return objective
 
 
-# --- projections ----------------------------------------------------------------------------------------------
-def _project_l2(p: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, center: torch.Tensor,
-                radius: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of p (..., n) onto {lo <= x <= hi, ||x - center|| <= radius} (center in the box).
-
-    KKT: the projection is ``clip(center + t (p - center))`` for the largest t in [0, 1] inside the ball, since
-    for a multiplier lambda the separable problem is solved by clipping ``(p + lambda c) / (1 + lambda)``. t is
-    found by bisection; only points that passed the ball test are returned, so the result is always feasible.
-    """
-    def at(t):
-        return torch.minimum(torch.maximum(center + t[..., None] * (p - center), lo), hi)
-
-    def inside(x):
-        return torch.linalg.vector_norm(x - center, dim=-1) <= radius
-
-    ones = torch.ones(p.shape[:-1], dtype=p.dtype, device=p.device)
-    whole = inside(at(ones))
-    if bool(whole.all()):
-        return at(ones)
-    t_ok, t_bad = torch.zeros_like(ones), ones  # t = 0 (the centre) is always feasible
-    for _ in range(L2_BISECTIONS):
-        mid = (t_ok + t_bad) / 2
-        ok = inside(at(mid))
-        t_ok, t_bad = torch.where(ok, mid, t_ok), torch.where(ok, t_bad, mid)
-    return at(torch.where(whole, ones, t_ok))
-
-
-def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """The steepest-descent unit step of the norm (sign for L-inf, normalised gradient for L2)."""
-    if norm == "linf":
-        return grad.sign()
-    return grad / torch.linalg.vector_norm(grad, dim=-1, keepdim=True).clamp_min(1e-300)
-
-
 # --- the batched cores ----------------------------------------------------------------------------------------
 def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: Callable, loss: Callable, *,
               start: torch.Tensor, norm: str, radius: torch.Tensor | None, restarts: int, steps: int,
@@ -155,12 +127,13 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
               ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Projected descent of ``loss`` from ``start`` (restart 0) and uniform random points (the others).
 
-    lo, hi, start (B, n); radius (B,) for L2 (ball centred at start). objective/loss map outputs (B, R, n_out) to
+    lo, hi, start (B, n); radius (B,) for L2/L1 (ball centred at start). objective/loss map outputs (B, R, n_out) to
     (B, R); the objective (the value that counts) is tracked, the loss gives the gradient. Step t moves by
     ``size_t * scale`` with size decaying geometrically from step_size to final_step, scale = the box half-width
-    per coordinate (L-inf) or the radius (L2). leak: the largest gradient slope through inactive hidden ReLUs,
-    varied over restarts (LEAK_SCALES) and annealed to 0 (LEAK_ANNEAL) so each run ends on the true gradient;
-    the leak explores, the tracked objective is always the true network's. stop: "all"/"any" = exit once
+    per coordinate (L-inf) or the radius (L2); L1 steps are Frank-Wolfe steps of fraction min(1, 2 size_t).
+    leak: the largest gradient slope through inactive hidden ReLUs, varied over restarts (LEAK_SCALES) and
+    annealed to 0 (LEAK_ANNEAL) so each run ends on the true gradient; the leak explores, the tracked objective
+    is always the true network's. stop: "all"/"any" = exit once
     all/any of the B problems reached objective < 0 (<= 0 when inclusive); None = run every step.
     Returns the best x (B, n) over restarts and steps, its objective (B,), and the number of steps taken.
     """
@@ -169,17 +142,12 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
     lo_r, hi_r = lo[:, None].expand(shape), hi[:, None].expand(shape)
     center = start[:, None].expand(shape)
     rad = None if radius is None else radius[:, None].expand(shape[:2])
-    if norm == "l2":
-        project = lambda p: _project_l2(p, lo_r, hi_r, center, rad)
-    else:
-        project = lambda p: torch.minimum(torch.maximum(p, lo_r), hi_r)
-    u = torch.rand(shape, generator=generator, dtype=lo.dtype).to(lo.device)
-    if norm == "l2":  # uniform points of the ball (then projected into the box)
-        g = torch.randn(shape, generator=generator, dtype=lo.dtype).to(lo.device)
-        g = g / torch.linalg.vector_norm(g, dim=-1, keepdim=True).clamp_min(1e-300)
-        x = center + g * (rad * u[..., 0] ** (1.0 / n))[..., None]
-    else:
+    project = lambda p: norms.project(p, lo_r, hi_r, center, rad, norm)
+    if norm == "linf":
+        u = torch.rand(shape, generator=generator, dtype=lo.dtype).to(lo.device)
         x = lo_r + u * (hi_r - lo_r)
+    else:  # uniform points of the ball (then projected into the box)
+        x = center + rad[..., None] * norms.random_in_ball(shape, norm, generator, lo.dtype, lo.device)
     x[:, 0] = start
     x = project(x)
     scale = (hi_r - lo_r) / 2 if norm == "linf" else rad[..., None]
@@ -206,7 +174,14 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
             if t == steps or (deadline is not None and time.perf_counter() > deadline):
                 break
             size = step_size * (final_step / step_size) ** (t / max(steps - 1, 1))
-            x = project(x - size * scale * _direction(grad, norm))
+            if norm == "l1":  # Frank-Wolfe: a convex combination of two points of the set (projected: rounding)
+                vertex = norms.l1_vertex(grad, lo_r, hi_r, center, rad)
+                x = project(x + min(1.0, 2 * size) * (vertex - x))
+                taken += 1
+                continue
+            if norm == "l2":  # coordinates pinned at the box side they descend to cannot move: step elsewhere
+                grad = torch.where(((x <= lo_r) & (grad > 0)) | ((x >= hi_r) & (grad < 0)), 0.0, grad)
+            x = project(x - size * scale * norms.steepest_direction(grad, norm))
             taken += 1
     pick = best_v.argmin(1)
     rows = torch.arange(B, device=lo.device)
@@ -215,21 +190,26 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
 
 def _fgsm_core(forward: _Forward, lo, hi, loss: Callable, *, start, norm, radius) -> torch.Tensor:
     """One full step from start (B, n) along the loss's descent direction, into the set: for L-inf the box corner
-    chosen by the gradient sign (coordinates with zero gradient stay), for L2 ``start - radius g/||g||``."""
+    chosen by the gradient sign (coordinates with zero gradient stay), for L2 ``start - radius g/||g||`` projected
+    onto ball ∩ box, for L1 the vertex of ball ∩ box minimising the gradient's linear model (`norms.l1_vertex`:
+    without clipping ``start - radius sign(g_i) e_i`` at the largest |g_i|)."""
     x = start.detach()[:, None].clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(forward(x)).sum(), x)
     with torch.no_grad():
         grad = grad[:, 0]
         if norm == "linf":
             return torch.where(grad > 0, lo, torch.where(grad < 0, hi, start))
-        return _project_l2(start - radius[:, None] * _direction(grad, "l2"), lo, hi, start, radius)
+        if norm == "l1":
+            return norms.l1_vertex(grad, lo, hi, start, radius)
+        return norms.project(start - radius[:, None] * norms.steepest_direction(grad, "l2"), lo, hi, start, radius,
+                             "l2")
 
 
 # --- public batched attacks -----------------------------------------------------------------------------------
 def _setup(network, lo, hi, labels, target, loss, norm, center, radius, device, dtype):
     """Validate and convert the batched arguments; returns forward, tensors and (objective, loss) callables."""
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if norm not in ("linf", "l2", "l1"):
+        raise ValueError(f"norm must be 'linf', 'l2' or 'l1', got {norm!r}")
     if loss not in ("margin", "ce"):
         raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
     dtype = dtype or torch.float64
@@ -241,19 +221,19 @@ def _setup(network, lo, hi, labels, target, loss, norm, center, radius, device, 
     if norm == "linf":  # a clean point outside a clipped box still gives a start: its nearest box point
         center_np = np.clip(center_np, lo_np, hi_np)
     elif np.any(center_np < lo_np) or np.any(center_np > hi_np):
-        raise SpecError("the L2 ball's centre must lie in the box")
+        raise SpecError(f"the {norm.upper()} ball's centre must lie in the box")
     labels_t = torch.as_tensor(np.atleast_1d(labels), dtype=torch.long, device=device)
     if network.n_outputs < 2:
         raise SpecError("a margin needs a network with at least 2 outputs")
     if labels_t.min() < 0 or labels_t.max() >= network.n_outputs:
         raise SpecError(f"labels must lie in 0..{network.n_outputs - 1}")
-    if norm == "l2":
+    if norm != "linf":
         if radius is None:
-            raise SpecError("an L2 attack needs a radius")
+            raise SpecError(f"an {norm.upper()} attack needs a radius")
         radius_np = np.broadcast_to(np.asarray(radius, np.float64), (lo_np.shape[0],))
         if not (np.isfinite(radius_np).all() and np.all(radius_np >= 0)):
-            raise SpecError("the L2 radius must be a finite number >= 0")
-        radius = as_t(radius_np)
+            raise SpecError(f"the {norm.upper()} radius must be a finite number >= 0")
+        radius = as_t(radius_np * (1 - 1e-12))  # points a hair inside: any norm's rounding still finds them in
     else:
         radius = None  # the L-inf ball is the box itself
     if target is None:
@@ -317,10 +297,18 @@ def pgd(network: Network, lo, hi, labels, *, target=None, loss: str = "margin", 
 
 
 # --- counterexample check ---------------------------------------------------------------------------------------
-def _snap_float32(x: np.ndarray, box: InputBox) -> np.ndarray:
+def _snap_float32(x: np.ndarray, box: InputBox | InputBall) -> np.ndarray:
     """The float32 point nearest x (n,) that still lies in the box, coordinate by coordinate; coordinates whose
     box interval holds no float32 number keep their float64 value. onnxruntime runs float32 models on float32
-    inputs, so a snapped point is evaluated at exactly the same input by both sides."""
+    inputs, so a snapped point is evaluated at exactly the same input by both sides. For a ball every coordinate
+    is rounded towards x0 instead (no |x_i - x0_i| grows when x0 is float32, as data is); x itself when that
+    still leaves the set."""
+    if isinstance(box, InputBall):
+        x32 = x.astype(np.float32)
+        away = np.abs(x32.astype(np.float64) - box.x0) > np.abs(x - box.x0)
+        x32 = np.where(away, np.nextafter(x32, box.x0.astype(np.float32)), x32)
+        snapped = x32.astype(np.float64)
+        return snapped if box.contains(snapped) else x
     x32 = x.astype(np.float32)
     up = np.nextafter(x32, np.float32(np.inf))
     down = np.nextafter(x32, np.float32(-np.inf))
@@ -330,11 +318,11 @@ def _snap_float32(x: np.ndarray, box: InputBox) -> np.ndarray:
     return np.where((snapped >= box.lo) & (snapped <= box.hi), snapped, x)
 
 
-def _confirm(network: Network, box: InputBox, x: np.ndarray, value_of: Callable[[np.ndarray], float],
+def _confirm(network: Network, box: InputBox | InputBall, x: np.ndarray, value_of: Callable[[np.ndarray], float],
              inclusive: bool) -> tuple[bool, dict]:
-    """Re-run x in onnxruntime: confirmed when x is in the box and value_of(onnxruntime outputs) < 0 (<= 0)."""
+    """Re-run x in onnxruntime: confirmed when x is in the set and value_of(onnxruntime outputs) < 0 (<= 0)."""
     if not box.contains(x):
-        return False, {"reason": "the point lies outside the input box"}
+        return False, {"reason": "the point lies outside the input set"}
     from .onnx import run_onnxruntime  # the ONNX layer sits beside attacks; imported where it is needed
 
     try:
@@ -374,11 +362,12 @@ def _margin_np(y: np.ndarray, label: int) -> float:
 
 
 # --- one sample, one property ---------------------------------------------------------------------------------
-def attack(network: Network, box: InputBox, label: int, method: str = "pgd", *, target: int | None = None,
+def attack(network: Network, box: InputBox | InputBall, label: int, method: str = "pgd", *, target: int | None = None,
            loss: str = "margin", norm: str = "linf", center=None, eps: float | None = None, restarts: int = 10,
            steps: int = 100, step_size: float = 0.5, final_step: float = 0.005, leak: float = 0.1,
            early_exit: bool = False, seed: int = 0, device="cpu", dtype=None, check: bool = True) -> AttackResult:
-    """Attack one sample over the box (norm "linf") or the box intersected with the L2 ball (center, eps).
+    """Attack one sample over the box (norm "linf"), an `InputBall` (its norm, x0 and eps; then norm, center and
+    eps must be left as they are), or the box intersected with the L2/L1 ball (norm, center, eps).
 
     method "fgsm" or "pgd". value = the margin ``min_{j != label} f_label - f_j`` of our float64 forward at the
     returned x: an upper bound on the robust margin. success: value < 0 (targeted: ``f_label - f_target < 0``),
@@ -391,8 +380,13 @@ def attack(network: Network, box: InputBox, label: int, method: str = "pgd", *, 
         raise ValueError(f"unknown attack {method!r}; available: fgsm, pgd")
     if box.n != network.n_inputs:
         raise SpecError(f"input box has {box.n} entries, the network takes {network.n_inputs} inputs")
-    if norm == "l2" and eps is None:
-        raise SpecError("an L2 attack needs eps (the ball's radius)")
+    region, norm = box, norm_name(norm)
+    if isinstance(box, InputBall):
+        if norm != "linf" or center is not None or eps is not None:
+            raise SpecError("an InputBall carries its norm, centre and eps: pass none of them")
+        norm, center, eps, box = region.norm, region.x0, region.eps, region.box
+    if norm != "linf" and eps is None:
+        raise SpecError(f"an {norm.upper()} attack needs eps (the ball's radius)")
     common = dict(target=None if target is None else [target], loss=loss, norm=norm,
                   center=None if center is None else np.reshape(center, (1, -1)), radius=eps, device=device,
                   dtype=dtype)
@@ -405,8 +399,8 @@ def attack(network: Network, box: InputBox, label: int, method: str = "pgd", *, 
     x = x[0]
     info = {"method": method, "norm": norm, "loss": loss, "target": target, "restarts": restarts, "steps": steps}
     if target is None:
-        return _finish(network, box, x, lambda y: _margin_np(y, label), False, check, start, info)
-    targeted = _finish(network, box, x, lambda y: float(y[label] - y[target]), False, check, start, info)
+        return _finish(network, region, x, lambda y: _margin_np(y, label), False, check, start, info)
+    targeted = _finish(network, region, x, lambda y: float(y[label] - y[target]), False, check, start, info)
     value = _margin_np(network.forward(targeted.x), label)
     info["target_value"] = targeted.value
     return AttackResult(targeted.x, value, targeted.success, targeted.seconds, info)
@@ -488,37 +482,3 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
                 rejected=len(rejected), confirmed=False)
     x = best[1]
     return AttackResult(x, value_of(network.forward(x)), False, time.perf_counter() - start, info)
-
-
-# --- linear models: the exact answer ---------------------------------------------------------------------------
-def linear_worst_case(weight, bias, box: InputBox, label: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``min_{x in box} (w_label - w_j) x + (b_label - b_j)`` for each j != label (in order of j).
-
-    weight (n_out, n), bias (n_out,). A linear function is minimised over a box at the corner taking lo where its
-    coefficient is positive and hi where it is negative. Returns the minima (n_out - 1,) and the minimising
-    points (n_out - 1, n).
-    """
-    weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64).reshape(-1)
-    if weight.ndim != 2 or weight.shape[1] != box.n or bias.shape != (weight.shape[0],):
-        raise SpecError(f"weight {weight.shape} / bias {bias.shape} do not fit a box of {box.n} inputs")
-    if not 0 <= label < weight.shape[0]:
-        raise SpecError(f"label {label} out of range for {weight.shape[0]} outputs")
-    others = np.delete(np.arange(weight.shape[0]), label)
-    rows = weight[label] - weight[others]
-    offsets = bias[label] - bias[others]
-    points = np.where(rows > 0, box.lo, box.hi)
-    return np.einsum("jn,jn->j", rows, points) + offsets, points
-
-
-def binary_linear_worst(w, b: float, x, y: int, eps: float) -> tuple[np.ndarray, float]:
-    """The worst L-inf perturbation of a linear binary classifier sign(w.x + b) at (x, y), y in {-1, +1}.
-
-    Returns ``delta* = -y eps sign(w)`` (n,) and the worst margin ``y (w.x + b) - eps ||w||_1`` (no clipping).
-    """
-    if y not in (-1, 1):
-        raise SpecError(f"binary labels are -1 or +1, got {y}")
-    if not np.isfinite(eps) or eps < 0:
-        raise SpecError(f"eps must be a finite number >= 0, got {eps}")
-    w, x = np.asarray(w, np.float64).reshape(-1), np.asarray(x, np.float64).reshape(-1)
-    delta = -y * eps * np.sign(w)
-    return delta, float(y * (w @ x + b) - eps * np.abs(w).sum())

@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                " [--resume]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="ONNX file of a ReLU network")
-    what = p.add_argument_group("robustness of samples (L-inf ball)")
-    what.add_argument("--eps", type=float, help="radius of the L-inf ball around each sample")
+    what = p.add_argument_group("robustness of samples (a ball around each)")
+    what.add_argument("--eps", type=float, help="radius of the ball around each sample")
+    what.add_argument("--norm", choices=["inf", "2", "1"],
+                      help="the ball's norm: inf (a box, the default), 2 or 1 (milp: inf and 1 only)")
     what.add_argument("--input", help=".npy file with one input (any shape with the model's input size)")
     what.add_argument("--label", type=int, help="the input's true label (with --input)")
     what.add_argument("--data", help=".npz with arrays x (N x input shape) and y (N labels); default: the "
@@ -77,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
     smooth = p.add_argument_group("randomized smoothing (certified L2 radii)")
     smooth.add_argument("--smoothing", type=float, metavar="SIGMA",
-                        help="certify the Gaussian-smoothed classifier with noise level SIGMA instead")
+                        help="certify the Gaussian-smoothed classifier with noise level SIGMA instead; with --eps "
+                             "and --norm 2: as a column beside the deterministic methods")
     smooth.add_argument("--n", type=int, default=100_000, help="noise samples for the estimate (default 100000)")
     smooth.add_argument("--n0", type=int, default=100, help="noise samples to select the class (default 100)")
     smooth.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
@@ -104,19 +107,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, parser) -> int:
+    if args.norm is not None and (args.vnnlib is not None or args.instances is not None):
+        raise InputError("--norm is for balls around samples (--eps); VNN-LIB properties are boxes")
     if args.instances is not None:
         return run_instances(args)
     if args.model is None:
         parser.error("give a MODEL.onnx")
     if args.certificate is not None and args.vnnlib is None:
         raise InputError("--certificate is for --vnnlib runs")
-    if args.vnnlib is not None or args.smoothing is not None:
+    if args.smoothing is not None and (args.eps is not None or args.norm not in (None, "2")):
+        if args.norm != "2":
+            raise InputError("--smoothing certifies L2 radii: beside --eps it needs --norm 2")
+        if not (args.smoothing > 0 and np.isfinite(args.smoothing)):
+            raise InputError(f"--smoothing must be a noise level > 0, got {args.smoothing}")
+        if args.n < 1 or args.n0 < 1 or not 0 < args.alpha < 1:
+            raise InputError("--n and --n0 must be >= 1 and --alpha in (0, 1)")
+    elif args.vnnlib is not None or args.smoothing is not None:
         if args.cluster or args.resume or args.workers != 1:
             raise InputError("--workers, --cluster and --resume are for --instances and --data runs")
         return run_vnnlib(args) if args.vnnlib is not None else run_smoothing(args)
     if args.eps is None:
-        parser.error("give --eps (the L-inf radius)")
+        parser.error("give --eps (the ball's radius)")
     return run_robustness(args)
+
+
+NORM_NAMES = {None: "linf", "inf": "linf", "2": "l2", "1": "l1"}
 
 
 def companion_data(model: Path) -> Path | None:
@@ -180,6 +195,11 @@ def run_robustness(args) -> int:
         raise InputError(f"unknown method {unknown[0]!r}; available: {', '.join(compare.known_methods())}")
     if args.eps < 0 or not np.isfinite(args.eps):
         raise InputError(f"--eps must be a finite number >= 0, got {args.eps}")
+    norm = NORM_NAMES[args.norm]
+    if norm == "l2" and "milp" in methods:
+        raise InputError("milp is exact for --norm inf and 1 only (an L2 ball is not linear); drop it for --norm 2")
+    smoothing = None if args.smoothing is None else {"sigma": args.smoothing, "n": args.n, "n0": args.n0,
+                                                      "alpha": args.alpha, "seed": args.seed, "device": args.device}
     network = load_onnx(args.model)
     xs, labels, start = load_samples(args, network.n_inputs, network.n_outputs)
     clip = None if args.no_clip else tuple(args.clip)
@@ -190,21 +210,23 @@ def run_robustness(args) -> int:
                "lp": {"intermediate": args.intermediate},
                "milp": {"intermediate": args.intermediate, "time_limit": args.time_limit}}
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-    console.print(f"{args.model}: {network.summary()}; {len(xs)} samples, eps {args.eps}, methods {', '.join(methods)}")
+    ball_name = {"linf": "L-inf", "l2": "L2", "l1": "L1"}[norm]
+    console.print(f"{args.model}: {network.summary()}; {len(xs)} samples, {ball_name} eps {args.eps}, methods "
+                  f"{', '.join(methods)}" + (f", smoothing sigma {args.smoothing}" if smoothing else ""))
     data_file = args.input if args.input is not None else (args.data or companion_data(Path(args.model)))
     data_id = f"sha256 {file_sha256(data_file)}" + (f" label {args.label}" if args.input is not None else "")
     with cluster_client(args) as client:
         records, interrupted = run_dataset(
             network, xs, labels, args.eps, methods=methods, clip=clip, options=options, start=start, out=args.out,
             resume=args.resume, data_id=data_id, client=client, workers=args.workers, progress=len(xs) > 1,
-            console=console)
+            console=console, norm=norm, smoothing=smoothing)
     if interrupted:
         console.print(f"[yellow]interrupted: {len(records)} of {len(xs)} samples done"
                       + (f", in {args.out}: rerun with --resume to finish[/yellow]" if args.out else "[/yellow]"))
     errors = [r for r in records if r["verdict"] == "error"]
     for record in errors:
         console.print(f"[bold red]ERROR: sample {record['index']}: {record['error']}[/bold red]", highlight=False)
-    doc = report.document(str(args.model), network, args.eps, clip, records, methods)
+    doc = report.document(str(args.model), network, args.eps, clip, records, methods, norm, smoothing)
     console.print(report.table(records, methods))
     for line in report.summary_lines(doc["summary"]):
         console.print(line)

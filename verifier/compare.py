@@ -13,7 +13,7 @@ import numpy as np
 
 from .bounds import METHODS, bound, proves
 from .network import Network
-from .spec import linf_ball, margin_rows
+from .spec import ball, margin_rows, norm_name
 
 ATTACKS = ("pgd", "fgsm")
 EXACT = ("milp",)
@@ -34,20 +34,26 @@ def certified_methods(methods: list[str]) -> list[str]:
 
 def evaluate_sample(network: Network, x: np.ndarray, label: int, eps: float, *, methods: list[str],
                     clip: tuple[float, float] | None = (0.0, 1.0), options: dict | None = None,
-                    index: int = 0) -> dict:
-    """Run every method on the L-inf ball around x (flat, (n_inputs,)) and decide the sample's verdict.
+                    index: int = 0, norm: str = "linf", smoothing: dict | None = None) -> dict:
+    """Run every method on the ball of radius eps around x (flat, (n_inputs,); norm "linf" | "l2" | "l1", clipped
+    to clip) and decide the sample's verdict.
 
     options: per-method keyword arguments, e.g. ``{"dual": {"slopes": "opt"}, "milp": {"time_limit": 60}}``.
-    A misclassified sample gets no method results (its robust margin is already negative at x).
+    A misclassified sample gets no method results (its robust margin is already negative at x). smoothing:
+    {"sigma", "n", "n0", "alpha", "seed"}: also certify the Gaussian-smoothed classifier at x (every sample, the
+    misclassified ones too) into record["smoothing"] (`smoothed_entry`); a probabilistic certificate of another
+    classifier, so it never enters the verdict.
     """
     options = options or {}
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     prediction = int(np.argmax(network.forward(x)))
     record = {"index": int(index), "label": int(label), "prediction": prediction, "methods": {}}
+    if smoothing is not None:
+        record["smoothing"] = smoothed_entry(network, x, label, eps, index=index, **smoothing)
     if prediction != label:
         record["verdict"] = "misclassified"
         return record
-    box = linf_ball(x, eps, clip)
+    box = ball(x, eps, norm_name(norm), clip)
     C, d = margin_rows(label, network.n_outputs)
     for method in methods:
         if method in ATTACKS:
@@ -56,6 +62,24 @@ def evaluate_sample(network: Network, x: np.ndarray, label: int, eps: float, *, 
             record["methods"][method] = _run_bound(network, box, C, d, method, options.get(method, {}))
     record["verdict"] = decide(record["methods"])
     return record
+
+
+def smoothed_entry(network: Network, x: np.ndarray, label: int, eps: float, *, sigma: float, n: int = 100_000,
+                   n0: int = 100, alpha: float = 0.001, seed: int = 0, index: int = 0, device: str = "cpu") -> dict:
+    """Randomized smoothing at x (smoothing.Smoothed.certify, noise seeded by seed and the sample's index, so a
+    sample's answer does not depend on which worker ran it): {"prediction": class or None (abstain), "radius":
+    the certified L2 radius, "certified": prediction == label and radius > eps (Cohen et al. certify the open
+    ball ||delta|| < radius), "seconds"}."""
+    import torch
+
+    from .smoothing import ABSTAIN, Smoothed
+
+    start = time.perf_counter()
+    smoothed = Smoothed(network, sigma, network.n_outputs, device=device)
+    generator = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + int(index))
+    predicted, radius = smoothed.certify(x, n0, n, alpha, generator=generator)
+    return {"prediction": None if predicted == ABSTAIN else int(predicted), "radius": float(radius),
+            "certified": bool(predicted == label and radius > eps), "seconds": time.perf_counter() - start}
 
 
 def _run_attack(network, box, label, method, opts) -> dict:

@@ -38,19 +38,27 @@ def summarize(records: list[dict], methods: list[str]) -> dict:
     errors = sum(r["verdict"] == "error" for r in records)
     if errors:
         summary["errors"] = errors
+    smoothed = [r["smoothing"] for r in records if "smoothing" in r]
+    if smoothed:  # probabilistic (Cohen et al.), of the smoothed classifier: counted apart from the verdicts
+        summary["smoothing_certified"] = sum(s["certified"] for s in smoothed)
     return summary
 
 
-def document(model: str, network: Network, eps: float, clip, records: list[dict], methods: list[str]) -> dict:
-    """The `--json` document of DESIGN.md."""
-    return {
+def document(model: str, network: Network, eps: float, clip, records: list[dict], methods: list[str],
+             norm: str = "linf", smoothing: dict | None = None) -> dict:
+    """The `--json` document of DESIGN.md; input_set.norm is "linf", "l2" or "l1"; with smoothing (its options)
+    also "smoothing" and per sample the smoothed classifier's entry."""
+    doc = {
         "model": model,
         "network": {"inputs": network.n_inputs, "outputs": network.n_outputs, "widths": network.widths,
                     "relus": network.n_relus},
-        "input_set": {"norm": "linf", "eps": float(eps), "clip": None if clip is None else [float(c) for c in clip]},
+        "input_set": {"norm": norm, "eps": float(eps), "clip": None if clip is None else [float(c) for c in clip]},
         "samples": [_finite(r) for r in records],
         "summary": summarize(records, methods),
     }
+    if smoothing is not None:
+        doc["smoothing"] = dict(smoothing)
+    return doc
 
 
 def _finite(value):
@@ -85,13 +93,29 @@ def table(records: list[dict], methods: list[str], title: str = ""):
     for method, key in columns:
         out.add_column(f"{method} ({'upper' if key == 'upper' else 'exact' if method in EXACT else 'lower'})",
                        justify="right")
+    smoothed = any("smoothing" in r for r in records)
+    if smoothed:
+        out.add_column("smoothed L2 radius", justify="right")
     out.add_column("verdict")
     for r in records:
         cells = [_cell(r["methods"].get(m), key) for m, key in columns]
+        if smoothed:
+            cells.append(_smoothed_cell(r.get("smoothing"), r["label"]))
         style = VERDICT_STYLE[r["verdict"]]
         out.add_row(str(r["index"]), str(r["label"]), "" if r["prediction"] is None else str(r["prediction"]), *cells,
                     f"[{style}]{r['verdict']}[/{style}]")
     return out
+
+
+def _smoothed_cell(entry: dict | None, label: int) -> str:
+    """The smoothed classifier's certified radius (green when it certifies the sample at eps; the class when it
+    is not the label), or abstain."""
+    if not entry:
+        return ""
+    if entry["prediction"] is None:
+        return "abstain"
+    text = f"{entry['radius']:.3f}" + ("" if entry["prediction"] == label else f" (class {entry['prediction']})")
+    return f"[green]{text}[/green]" if entry["certified"] else text
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -101,6 +125,9 @@ def summary_lines(summary: dict) -> list[str]:
              f"exactly robust {summary['robust']}" + (f", failed {summary['errors']}" if "errors" in summary else "")]
     if summary["certified"]:
         lines.append("certified: " + ", ".join(f"{m} {c}/{n}" for m, c in summary["certified"].items()))
+    if "smoothing_certified" in summary:
+        lines.append("smoothed classifier certified (radius > eps, probabilistic): "
+                     f"{summary['smoothing_certified']}/{n}")
     gaps = {k: v for k, v in summary.items() if k.startswith("gap_")}
     if gaps:
         lines.append("mean gaps: " + ", ".join(f"{k[4:].replace('_', ' - ')} {v:.4f}" for k, v in gaps.items()))

@@ -62,7 +62,8 @@ class LinearProblem:
     """``min c @ x + offset`` s.t. ``A_ub @ x <= b_ub``, ``A_eq @ x = b_eq``, ``lb <= x <= ub`` (±inf allowed).
 
     c, lb, ub (n,); A_ub (m_ub, n), A_eq (m_eq, n) scipy sparse (or dense; stored as CSR float64); b_ub (m_ub,),
-    b_eq (m_eq,); integrality (n,) bool or None (x[j] integer where True).
+    b_eq (m_eq,); integrality (n,) bool or None (x[j] integer where True). cone: an optional second-order cone
+    constraint on the first variables (an L2 input ball): such a problem is an SOCP, solved by Clarabel only.
     """
 
     c: np.ndarray
@@ -74,6 +75,7 @@ class LinearProblem:
     ub: np.ndarray
     integrality: np.ndarray | None = None
     offset: float = 0.0
+    cone: tuple | None = None  # (center (m,), radius): also ||x[:m] - center||_2 <= radius (Clarabel only)
 
     def __post_init__(self) -> None:
         c = np.asarray(self.c, dtype=np.float64).reshape(-1)
@@ -242,6 +244,8 @@ class HighsModel(Model):
 
     def __init__(self, problem: LinearProblem, threads: int = 1, options: dict | None = None) -> None:
         super().__init__(problem, "highs")
+        if problem.cone is not None:
+            raise ValueError("HiGHS solves no second-order cone: use the clarabel backend")
         import highspy
 
         self._highspy = highspy
@@ -382,6 +386,11 @@ class CvxpyModel(Model):
             constraints.append(x[np.flatnonzero(low)] >= problem.lb[low])
         if high.any():
             constraints.append(x[np.flatnonzero(high)] <= problem.ub[high])
+        if problem.cone is not None:
+            if solver != "CLARABEL":
+                raise ValueError("a second-order cone needs the clarabel backend")
+            center, radius = np.asarray(problem.cone[0], dtype=np.float64), float(problem.cone[1])
+            constraints.append(cp.SOC(cp.Constant(radius), x[:center.size] - center))
         self._x = x
         self._problem = cp.Problem(cp.Minimize(self._cost @ x + self._offset), constraints)
 
@@ -421,7 +430,12 @@ class CvxpyModel(Model):
 def open_model(problem: LinearProblem, backend: str = "highs", *, threads: int = 1,
                highs_options: dict | None = None) -> Model:
     """Load the problem into the chosen backend (`BACKENDS`); solve it with ``model.solve(c)``.
-    highs_options: raw HiGHS options for the "highs" backend (e.g. `MILP_QUICK`)."""
+    highs_options: raw HiGHS options for the "highs" backend (e.g. `MILP_QUICK`). A problem with a cone (an SOCP)
+    always goes to Clarabel."""
+    if problem.cone is not None:
+        if problem.is_mip:
+            raise ValueError("no mixed-integer second-order cone programs here")
+        return CvxpyModel(problem, "CLARABEL")
     if backend == "highs":
         return HighsModel(problem, threads=threads, options=highs_options)
     if backend == "cvxpy-highs":
@@ -444,6 +458,7 @@ def lagrangian_bound(problem: LinearProblem, duals_ub: np.ndarray, duals_eq: np.
     y_eq @ b_eq`` with ``r = c + A_ub.T @ y_ub + A_eq.T @ y_eq`` and y_ub clipped at 0. lower/upper (n,) may be
     tighter than the problem's own bounds (e.g. valid bounds of variables the LP leaves free), as long as they
     contain every point the bound must cover; -inf if a variable with a nonzero reduced cost is unbounded.
+    A cone constraint of the problem is simply dropped (relaxed): the bound stays valid, only weaker.
     A relative margin of 1e-13 of the terms' magnitude covers float64 rounding."""
     c = problem.c if c is None else np.asarray(c, dtype=np.float64)
     offset = problem.offset if offset is None else float(offset)

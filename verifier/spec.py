@@ -83,6 +83,128 @@ def linf_ball(x0: np.ndarray, eps: float, clip: tuple[float, float] | None = (0.
     return InputBox(lo, hi)
 
 
+NORMS = ("linf", "l2", "l1")
+_NORM_NAMES = {"inf": "linf", "linf": "linf", "l_inf": "linf", "2": "l2", "l2": "l2", "1": "l1", "l1": "l1"}
+
+
+def norm_name(norm) -> str:
+    """The canonical name ("linf", "l2" or "l1") of a norm given as "inf"/"linf"/inf, 2/"2"/"l2" or 1/"1"/"l1"."""
+    key = "inf" if isinstance(norm, float) and norm == np.inf else str(norm).strip().lower()
+    key = {"2.0": "2", "1.0": "1"}.get(key, key)
+    if key not in _NORM_NAMES:
+        raise SpecError(f"unknown norm {norm!r}; use inf, 2 or 1")
+    return _NORM_NAMES[key]
+
+
+@dataclass(frozen=True, eq=False)
+class InputBall:
+    """The set ``{x : ||x - x0||_p <= eps, lo <= x <= hi}``: an L2 or L1 ball (norm "l2" | "l1") around x0
+    (n,) float64, intersected with the clip range (lo, hi) (scalars) when clip is not None; x0 must lie in it.
+
+    ``box`` is its bounding box (x0 +- eps, clipped): what methods that only take boxes use (a superset: their
+    lower bounds stay valid; points they return must still be checked against the ball). An L-inf ball is an
+    `InputBox` (`linf_ball`), never an InputBall.
+    """
+
+    x0: np.ndarray
+    eps: float
+    norm: str
+    clip: tuple | None = None
+
+    def __post_init__(self) -> None:
+        x0 = np.array(self.x0, dtype=np.float64).reshape(-1)
+        eps, norm = float(self.eps), norm_name(self.norm)
+        if norm == "linf":
+            raise SpecError("an L-inf ball is a box: use linf_ball (or ball(..., norm='inf'))")
+        if not np.isfinite(eps) or eps < 0:
+            raise SpecError(f"eps must be a finite number >= 0, got {self.eps}")
+        if not np.isfinite(x0).all():
+            raise SpecError("the ball's centre must be finite")
+        clip = None if self.clip is None else (float(self.clip[0]), float(self.clip[1]))
+        lo, hi = x0 - eps, x0 + eps
+        if clip is not None:
+            if clip[0] > clip[1]:
+                raise SpecError(f"clip range lo > hi ({clip[0]} > {clip[1]})")
+            if np.any(x0 < clip[0]) or np.any(x0 > clip[1]):
+                raise SpecError(f"an {norm.upper()} ball's centre must lie in the clip range {list(clip)}")
+            lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
+        x0.setflags(write=False)
+        for name, value in (("x0", x0), ("eps", eps), ("norm", norm), ("clip", clip), ("box", InputBox(lo, hi))):
+            object.__setattr__(self, name, value)
+
+    @property
+    def n(self) -> int:
+        return self.x0.size
+
+    @property
+    def center(self) -> np.ndarray:
+        """x0: a point of the set (the box's centre may lie outside an L1/L2 ball)."""
+        return self.x0
+
+    @property
+    def p(self) -> float:
+        """The norm's exponent: 2 or 1."""
+        return 2.0 if self.norm == "l2" else 1.0
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        """``||x - x0||_p`` of x (n,) or (N, n): a float or (N,)."""
+        return np.linalg.norm(np.asarray(x, dtype=np.float64) - self.x0, ord=self.p, axis=-1)
+
+    def contains(self, x: np.ndarray, tol: float = 0.0) -> bool:
+        """Whether every point of x (n,) or (N, n) lies in the ball and the box (within tol)."""
+        return self.box.contains(x, tol) and bool(np.all(self.distance(x) <= self.eps + tol))
+
+    def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """count points (count, n) of the set: uniform in the ball, half of them pushed onto its sphere (to 1e-12
+        relative), then
+        clipped to the box (clipping towards a box that holds x0 never increases any |x_i - x0_i|: they stay in
+        the ball)."""
+        if self.norm == "l2":
+            direction = rng.normal(size=(count, self.n))
+        else:  # uniform on the L1 sphere: random signs times a flat Dirichlet
+            direction = rng.choice([-1.0, 1.0], size=(count, self.n)) * rng.exponential(size=(count, self.n))
+        length = np.linalg.norm(direction, ord=self.p, axis=1, keepdims=True)
+        direction = direction / np.where(length > 0, length, 1.0)
+        scale = rng.uniform(size=(count, 1)) ** (1.0 / self.n)
+        scale = np.where(rng.uniform(size=(count, 1)) < 0.5, 1.0, scale)
+        # "on the sphere" up to rounding: x0 + d stores d to within half an ulp of x0 per coordinate
+        slack = 4 * self.n * np.finfo(np.float64).eps * max(1.0, float(np.max(np.abs(self.x0), initial=0.0)))
+        radius = max(0.0, self.eps * (1 - 1e-12) - slack)
+        return np.clip(self.x0 + radius * scale * direction, self.box.lo, self.box.hi)
+
+
+def ball(x0: np.ndarray, eps: float, norm="inf", clip: tuple[float, float] | None = (0.0, 1.0)
+         ) -> InputBox | InputBall:
+    """The ball of radius eps around x0 (flattened) in the norm "inf" | 2 | 1 (any spelling of `norm_name`),
+    intersected with the clip range: an `InputBox` for L-inf (exactly `linf_ball`), an `InputBall` otherwise."""
+    if norm_name(norm) == "linf":
+        return linf_ball(x0, eps, clip)
+    return InputBall(x0, eps, norm_name(norm), clip)
+
+
+def bounding_box(input_set: InputBox | InputBall) -> InputBox:
+    """The box itself, or a ball's bounding box."""
+    return input_set.box if isinstance(input_set, InputBall) else input_set
+
+
+def pull_inside(input_set: InputBox | InputBall, x: np.ndarray) -> np.ndarray:
+    """Points (N, n) or (n,) moved into the set: a ball's points farther than eps from x0 (a solver's tolerance)
+    scaled back onto its sphere, then everything clipped to the box (which keeps ball points in the ball)."""
+    x = np.asarray(x, dtype=np.float64)
+    if isinstance(input_set, InputBall):
+        distance = np.atleast_1d(input_set.distance(x))[..., None].reshape(*x.shape[:-1], 1)
+        outside = distance > input_set.eps
+        shrink = np.where(outside, input_set.eps * (1 - 1e-12) / np.where(outside, distance, 1.0), 1.0)
+        x = input_set.x0 + (x - input_set.x0) * shrink
+    box = bounding_box(input_set)
+    return np.clip(x, box.lo, box.hi)
+
+
+def set_norm(input_set: InputBox | InputBall) -> str:
+    """"linf" for a box, the ball's norm otherwise."""
+    return input_set.norm if isinstance(input_set, InputBall) else "linf"
+
+
 @dataclass(frozen=True, eq=False)
 class Property:
     """Disjunction of unsafe conjunctions: unsafe iff ``C @ y <= d`` (all rows) for some (C, d) in disjuncts.

@@ -78,13 +78,15 @@ def verify_instance_task(onnx: str, onnx_sha256: str, vnnlib: str, timeout: floa
 
 
 def evaluate_sample_task(model: str, model_sha256: str, x: np.ndarray, label: int, index: int, eps: float,
-                         methods: list[str], clip: tuple[float, float] | None, options: dict) -> dict:
+                         methods: list[str], clip: tuple[float, float] | None, options: dict, norm: str = "linf",
+                         smoothing: dict | None = None) -> dict:
     """One sample of a dataset (x: (n_inputs,)): its record in the JSON schema of DESIGN.md
-    (compare.evaluate_sample)."""
+    (compare.evaluate_sample; norm and smoothing as there)."""
     from .compare import evaluate_sample
 
     network = cached_network(model, model_sha256)
-    return evaluate_sample(network, x, label, eps, methods=methods, clip=clip, options=options, index=index)
+    return evaluate_sample(network, x, label, eps, methods=methods, clip=clip, options=options, index=index,
+                           norm=norm, smoothing=smoothing)
 
 
 # glibc malloc settings for worker processes: keep freed blocks up to 32 MiB in the heap (M_MMAP_THRESHOLD) and

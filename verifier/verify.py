@@ -28,7 +28,7 @@ from .bab import HOLDS, TIMEOUT, UNKNOWN, VIOLATED
 from .bounds import bound, proves
 from .network import Network
 from .onnx import OnnxRunner
-from .spec import InputBox, Property
+from .spec import InputBox, Property, SpecError
 from .vnnlib import parse_vnnlib
 
 RESULT_WORDS = {HOLDS: "unsat", VIOLATED: "sat", UNKNOWN: "unknown", TIMEOUT: "timeout"}
@@ -78,10 +78,14 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
            checker: Checker | None = None, trace: dict | None = None) -> Verdict:
     """Decide whether prop holds on the box within about timeout seconds (module docstring).
 
-    checker: a `Checker` to reuse (verify_instance shares one across boxes); made here otherwise.
+    checker: a `Checker` to reuse (verify_instance shares one across boxes); made here otherwise. Boxes only
+    (L-inf, VNN-LIB): for an L2/L1 `InputBall` use the certified methods, the attacks and (L1) the MILP.
     trace: a dict that gets what proved it (kind "input": the search's events; "relu": bab.relu_split's trace,
     "open" [] when the dual passes ruled everything out), for certificates (certificate.py).
     """
+    if not isinstance(box, InputBox):
+        raise SpecError("verify decides properties over boxes (L-inf, VNN-LIB) only; for an L2/L1 ball use "
+                        "bound(...) (ibp, dual, lp; milp for L1) and attack(...)")
     start = time.perf_counter()
     deadline = start + timeout
     checker = checker or Checker(network)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import verifier.onnx as vonnx
-from verifier.attacks import (AttackResult, attack, binary_linear_worst, falsify, fgsm, linear_worst_case, pgd,
-                              _project_l2)
+from verifier.attacks import AttackResult, attack, binary_linear_worst, falsify, fgsm, linear_worst_case, pgd
+from verifier.norms import project_l2 as _project_l2
 from verifier.network import Affine, Network, ReLU, random_network
 from verifier.onnx import load_onnx, run_onnxruntime, save_onnx
 from verifier.spec import InputBox, Property, SpecError, linf_ball

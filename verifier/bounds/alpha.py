@@ -50,11 +50,12 @@ def adam_step(leaves: list, grads: tuple, moments: list, step: int, rate: float,
 
 def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, given: dict | None = None, *,
              iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool | None = None,
-             deadline: float | None = None):
+             deadline: float | None = None, ball: engine.Ball | None = None):
     """alpha-CROWN lower bounds (B, K) of ``C f(x) + d`` over boxes lo, hi (B, n_inputs); C (B or 1, K, n_outputs),
     d (B or 1, K); given: as `engine.node_bounds`. intermediate: optimize the intermediate passes' slopes too
     (else only the rows', with the adaptive layer bounds; None: when within INTERMEDIATE_BUDGET). deadline: no
-    iteration starts after this time.perf_counter() (every iterate is sound: the best so far is kept).
+    iteration starts after this time.perf_counter() (every iterate is sound: the best so far is kept). ball: each
+    box intersected with this ball (`engine.concretize`).
 
     Returns (lower (B, K): per row the best of all iterates and of a final pass with the best layer bounds and the
     best slopes; those layer bounds {node id: (l, u)} and relaxations; the slopes {ReLU id: (B, K, *shape)}, None
@@ -63,8 +64,8 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
     B, K = lo.shape[0], C.shape[1]
     shapes = {r: network.nodes[r].op.out_shape for r in network.relu_nodes}
     with torch.no_grad():
-        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", given)
-        best = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations)
+        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", given, ball=ball)
+        best = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations, ball=ball)
     cols = {r: rel.unstable.reshape(B, -1).any(0).nonzero().flatten() for r, rel in relaxations.items()}
     cols = {r: c for r, c in cols.items() if c.numel()}
     if not cols or iterations <= 0:
@@ -96,10 +97,10 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
         alphas = {k: (idx, {r: scatter_columns(shapes[r], cols[r], p) for r, p in params.items()})
                   for k, (idx, params) in entries.items()}
         now, relax_now = engine.node_bounds(network, lo, hi, "adaptive", given, reference=bounds, alphas=alphas,
-                                            straight_through=True, output_pass=False)
+                                            straight_through=True, output_pass=False, ball=ball)
         lower = engine.rows_lower(network, lo, hi, C, d, now, relax_now,
                                   {r: scatter_columns(shapes[r], cols[r], p) for r, p in rows.items()},
-                                  straight_through=True)
+                                  straight_through=True, ball=ball)
         with torch.no_grad():
             better = lower > best
             best = torch.where(better, lower, best)
@@ -111,7 +112,7 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
             adam_step(leaves, grads, moments, step, lr * decay ** (step - 1))
     with torch.no_grad():  # the best rows' slopes with the best layer bounds: sound, and possibly better still
         fixed = {k: best_bounds[k] for k in pre | {network.output}}
-        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", fixed)
+        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", fixed, ball=ball)
         slopes = {r: scatter_columns(shapes[r], cols[r], p) for r, p in best_rows.items()}
-        final = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations, slopes)
+        final = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations, slopes, ball=ball)
     return torch.maximum(best, final), bounds, relaxations, slopes

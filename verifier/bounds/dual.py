@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..network import Network, dense_graph
-from ..spec import InputBox
+from ..spec import InputBall, InputBox, bounding_box
 from . import alpha, engine
 from .base import BoundResult, check_problem
 from .interval import by_node, relu_inputs
@@ -37,16 +37,26 @@ def _numpy(x: Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
 
-def _problem(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, device, dtype):
+def ball_tensors(input_set: InputBox | InputBall, dtype=torch.float64, device="cpu") -> engine.Ball | None:
+    """The engine's Ball (a batch of one) of an L2/L1 input set; None for a box."""
+    if not isinstance(input_set, InputBall):
+        return None
+    x0 = torch.tensor(input_set.x0, dtype=dtype, device=device)[None]
+    return engine.Ball(x0, torch.tensor([input_set.eps], dtype=dtype, device=device), input_set.norm)
+
+
+def _problem(network: Network, input_set: InputBox | InputBall, C: np.ndarray, d: np.ndarray, device, dtype):
+    box = bounding_box(input_set)
     lo, hi = (torch.tensor(x, dtype=dtype, device=device)[None] for x in (box.lo, box.hi))
     Ct, dt = (torch.as_tensor(x, dtype=dtype, device=device)[None] for x in (C, d))
-    return network.to(device, dtype), lo, hi, Ct, dt
+    return network.to(device, dtype), lo, hi, Ct, dt, ball_tensors(input_set, dtype, device)
 
 
-def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
+def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray | None = None, *,
           layer_bounds: list | None = None, slopes: str = "adaptive", iterations: int = 50, lr: float = 0.5,
           time_limit: float | None = None, device: str = "cpu", dtype: torch.dtype = torch.float64) -> BoundResult:
-    """Dual-network lower bounds of ``C @ f(x) + d`` over the box; C (k, n_outputs), d (k,).
+    """Dual-network lower bounds of ``C @ f(x) + d`` over the box, or over an L2/L1 ball ∩ its clip box (every
+    linear bound concretised over the set by `engine.concretize`); C (k, n_outputs), d (k,).
 
     slopes: "wk", "adaptive" or "opt" (Adam for `iterations` steps of size lr on the lower slopes, from
     adaptive; the best bound seen per row and per layer-bound entry is kept; no step starts after time_limit
@@ -59,17 +69,17 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     C, d = check_problem(network, box, C, d)
     if slopes not in ("wk", "adaptive", "opt"):
         raise ValueError(f"unknown slopes {slopes!r}; use 'wk', 'adaptive' or 'opt'")
-    net, lo, hi, Ct, dt = _problem(network, box, C, d, device, dtype)
+    net, lo, hi, Ct, dt, ball = _problem(network, box, C, d, device, dtype)
     given = None if layer_bounds is None else by_node(network, layer_bounds, dtype, device)
     row_slopes = None
     if slopes == "opt":
         deadline = None if time_limit is None else start + time_limit
         lower, bounds, relaxations, row_slopes = alpha.optimize(net, lo, hi, Ct, dt, given, iterations=iterations,
-                                                                lr=lr, deadline=deadline)
+                                                                lr=lr, deadline=deadline, ball=ball)
     else:
         with torch.no_grad():
-            bounds, relaxations = engine.node_bounds(net, lo, hi, slopes, given)
-            lower = engine.rows_lower(net, lo, hi, Ct, dt, bounds, relaxations)
+            bounds, relaxations = engine.node_bounds(net, lo, hi, slopes, given, ball=ball)
+            lower = engine.rows_lower(net, lo, hi, Ct, dt, bounds, relaxations, ball=ball)
     k = C.shape[0]
     used = [relaxations[r].lower_slope((row_slopes or {}).get(r)) for r in network.relu_nodes]
     info = {"slopes": slopes, "iterations": iterations if slopes == "opt" else 0,
@@ -78,7 +88,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     return BoundResult(_numpy(lower[0]), layer, "dual", time.perf_counter() - start, info)
 
 
-def backward_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None,
+def backward_bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray | None,
                    layer_bounds: list, alpha: list) -> np.ndarray:
     """The sound lower bound (k,) float64 of ``C @ f(x) + d`` for fixed layer bounds (as `bound` takes them)
     and fixed lower slopes: alpha[j] (k, n_flat) or (n_flat,) for the j-th ReLU node (`network.relu_nodes`),
@@ -98,11 +108,11 @@ def backward_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray
         if a.shape[-1] != n or a.dim() > 2 or (a.dim() == 2 and a.shape[0] not in (1, C.shape[0])):
             raise ValueError(f"alpha for ReLU node {r}: shape {tuple(a.shape)}, expected ({C.shape[0]}, {n})")
         slopes[r] = a.reshape(1, a.shape[0] if a.dim() == 2 else 1, *shape)
-    net, lo, hi, Ct, dt = _problem(network, box, C, d, "cpu", torch.float64)
+    net, lo, hi, Ct, dt, ball = _problem(network, box, C, d, "cpu", torch.float64)
     with torch.no_grad():
         given = by_node(network, layer_bounds)  # the output's bounds as given, no new pass
-        bounds, relaxations = engine.node_bounds(net, lo, hi, "adaptive", given, output_pass=False)
-        lower = engine.rows_lower(net, lo, hi, Ct, dt, bounds, relaxations, slopes)
+        bounds, relaxations = engine.node_bounds(net, lo, hi, "adaptive", given, output_pass=False, ball=ball)
+        lower = engine.rows_lower(net, lo, hi, Ct, dt, bounds, relaxations, slopes, ball=ball)
     return _numpy(lower[0])
 
 

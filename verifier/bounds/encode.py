@@ -19,6 +19,11 @@ indicator a in {0, 1}: ``z >= zh, z >= 0, z <= u a, z <= zh - l (1 - a)``; there
 The stable/unstable split is the bound engine's (inactive when u <= 0, unstable when l < 0 < u), and the LP leaves
 the pre-activations free: it is exactly the dual pass with free lower slopes.
 
+Input sets: a box gives the bounds of x. An L2/L1 ball (`spec.InputBall`) gives its bounding box as x's bounds
+and, for L1, auxiliary variables t (n_inputs, after everything else) with ``-t <= x - x0 <= t``, ``sum t <= eps``
+(linear: the LP stays an LP, the MILP a MILP); for L2 the problem's cone ``||x - x0||_2 <= eps`` (an SOCP, solved
+by Clarabel; no big-M MILP).
+
 A problem is built up to a target node (the output for the objective, a ReLU's input for LP-all); it holds the
 ReLU nodes up to that node, and `Layout.value` is the target's value ``M v + c``. Its cost is zero: callers set
 it from `rows` (C times the target's value, plus d).
@@ -32,7 +37,7 @@ import scipy.sparse as sp
 
 from .. import ops, solvers
 from ..network import Network
-from ..spec import InputBox
+from ..spec import InputBall, InputBox, bounding_box
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +47,8 @@ class Layout:
     zh[i], z[i]: column indices (w_i,) of ReLU node i (the i-th of `network.relu_nodes`, w_i its flat size);
     unstable[i]: indices of its unstable neurons; rows[i]: for the triangle, row indices (3, m_i) of R0, R1, R2 of
     those neurons in A_ub; binary[i]: for big-M, the columns (m_i,) of their indicators; value: (M CSR
-    (n_target, n), c (n_target,)), the target node's flat value as ``M v + c`` in the variables v.
+    (n_target, n), c (n_target,)), the target node's flat value as ``M v + c`` in the variables v; aux,
+    aux_center: an L1 input ball's auxiliary columns and centre (None otherwise).
     """
 
     n_inputs: int
@@ -52,6 +58,8 @@ class Layout:
     rows: list
     binary: list
     value: tuple
+    aux: np.ndarray | None = None  # an L1 ball's columns t (n_inputs,), t_i >= |x_i - x0_i|
+    aux_center: np.ndarray | None = None  # that ball's x0
 
 
 def neuron_states(l: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,13 +116,17 @@ def _last_uses(network: Network, target: int) -> dict:
     return last
 
 
-def build_problem(network: Network, box: InputBox, layer_bounds: list, target: int | None = None,
+def build_problem(network: Network, box: InputBox | InputBall, layer_bounds: list, target: int | None = None,
                   kind: str = "triangle") -> tuple[solvers.LinearProblem, Layout]:
     """The LP (kind "triangle") or MILP (kind "bigm") of the network up to node `target` (default: the output),
     with the ReLU nodes up to it (`relus_up_to`); layer_bounds [(l, u)] flat per ReLU node's input, in the format
     of `interval.relu_inputs` (at least the entries of those ReLU nodes). Module docstring for the encoding."""
     if kind not in ("triangle", "bigm"):
         raise ValueError(f"unknown problem kind {kind!r}")
+    ball, box = (box, box.box) if isinstance(box, InputBall) else (None, bounding_box(box))
+    if ball is not None and ball.norm == "l2" and kind == "bigm":
+        raise ValueError("the big-M MILP takes boxes and L1 balls, not L2 balls (that would be a MISOCP)")
+    l1 = ball is not None and ball.norm == "l1"
     target = network.output if target is None else int(target)
     relus = relus_up_to(network, target)
     n0 = network.n_inputs
@@ -124,13 +136,20 @@ def build_problem(network: Network, box: InputBox, layer_bounds: list, target: i
     widths = [l.size for l, _ in bounds]
     n_bin = [int(s[2].sum()) if kind == "bigm" else 0 for s in states]
     offsets = np.cumsum([n0] + [2 * w + m for w, m in zip(widths, n_bin)])
-    n = int(offsets[-1])
+    n = int(offsets[-1]) + (n0 if l1 else 0)
     lb, ub = np.full(n, -np.inf), np.full(n, np.inf)
     lb[:n0], ub[:n0] = box.lo, box.hi
     integrality = np.zeros(n, dtype=bool)
     eq, ineq = _Rows(n), _Rows(n)
     zh_cols, z_cols, unstable_idx, tri_rows, bin_cols = [], [], [], [], []
     values = {0: (_picks(np.arange(n0), n), np.zeros(n0))}
+    aux = None
+    if l1:  # t >= x - x0, t >= x0 - x, sum t <= eps; 0 <= t <= eps
+        x, aux = np.arange(n0), np.arange(int(offsets[-1]), n)
+        ineq.terms([(x, 1.0), (aux, -1.0)], ball.x0)
+        ineq.terms([(x, -1.0), (aux, -1.0)], -ball.x0)
+        ineq.add(sp.csr_matrix((np.ones(n0), aux, [0, n0]), shape=(1, n)), ball.eps)
+        lb[aux], ub[aux] = 0.0, ball.eps
     last_use = _last_uses(network, target)
     for k in range(1, target + 1):
         node = network.nodes[k]
@@ -179,9 +198,11 @@ def build_problem(network: Network, box: InputBox, layer_bounds: list, target: i
                 values.pop(i, None)
     A_ub, b_ub = ineq.matrix()
     A_eq, b_eq = eq.matrix()
+    cone = (ball.x0, ball.eps) if ball is not None and ball.norm == "l2" else None
     problem = solvers.LinearProblem(np.zeros(n), A_ub, b_ub, A_eq, b_eq, lb, ub,
-                                    integrality if kind == "bigm" else None)
-    return problem, Layout(n0, zh_cols, z_cols, unstable_idx, tri_rows, bin_cols, values[target])
+                                    integrality if kind == "bigm" else None, cone=cone)
+    return problem, Layout(n0, zh_cols, z_cols, unstable_idx, tri_rows, bin_cols, values[target], aux,
+                           None if aux is None else ball.x0)
 
 
 def rows(layout: Layout, C, d: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:

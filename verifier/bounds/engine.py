@@ -4,7 +4,9 @@ A linear function ``A . v_top + c`` of one node's values is pushed backwards thr
 topological order: through a linear operator by its transpose (`backward`, plus ``<A, offset>`` into c), through
 a ReLU by a linear bound chosen by the sign of each coefficient (the lower line ``alpha z`` under a positive one,
 the upper line ``s z + t`` under a negative one); where a node feeds several others (fan-out) the rows arriving
-from each are summed. At the input it is minimised over the box in closed form: ``A @ centre - |A| @ radius + c``.
+from each are summed. At the input it is minimised over the box in closed form: ``A @ centre - |A| @ radius + c``;
+with an L2/L1 ball (`Ball`, the boxes then being its bounding boxes) over ball ∩ box by `concretize`, the one
+place that knows the input set: every pass (layer bounds, rows, alpha-CROWN, the LP's re-derivation) gets it.
 
 ReLU relaxation (`relax`, the only one in the project) for pre-activation bounds l <= z <= u: ``u <= 0`` is
 inactive (h = 0; an empty interval l > u from an infeasible split counts here too), ``l < 0 < u`` strictly is
@@ -33,6 +35,7 @@ import torch
 
 from .. import ops
 from ..network import Network
+from ..norms import ball_box_lower, dual_norm
 from .interval import interval_step
 
 Tensor = torch.Tensor
@@ -74,15 +77,45 @@ def relax(l: Tensor, u: Tensor, rule: str) -> Relaxation:
     return Relaxation(unstable, stable_slope, rule_slope, upper_slope, upper_offset)
 
 
+@dataclass(frozen=True)
+class Ball:
+    """The Lp ball ``||x - x0||_p <= eps`` that each box of a batch is intersected with: x0 (B, n_inputs), eps (B,)
+    tensors, norm "l2" or "l1" (dual norms L2 and L-inf). The boxes lo, hi stay the bounding boxes."""
+
+    x0: Tensor
+    eps: Tensor
+    norm: str
+
+
+def concretize(A: Tensor, const: Tensor, centre: Tensor, radius: Tensor, ball: Ball | None = None) -> Tensor:
+    """Lower bound (B, K) of ``<A_k, x> + const_k`` over the input set: A (B or 1, K, n_inputs), const (B or 1, K),
+    the boxes' centre and radius (B, n_inputs).
+
+    Box: its exact minimum ``A centre - |A| radius + const``. Ball ∩ box (ball given): the largest of three lower
+    bounds of the minimum over the intersection: the box's minimum and the ball's ``A x0 - eps ||A||_* + const``
+    (Hölder, exact over the ball) -- the box and the ball each contain the intersection, so each minimum is at
+    most the one over the intersection, and so is their maximum -- and the Lagrangian dual bound of
+    `norms.ball_box_lower` (weak duality: valid for any multiplier; exact at the best one, which it picks), which
+    is tight where both constraints bind, as on clipped images with dark pixels.
+    """
+    box = const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
+    if ball is None:
+        return box
+    at_ball = const + (A @ ball.x0.unsqueeze(-1)).squeeze(-1) - ball.eps.unsqueeze(-1) * dual_norm(A, ball.norm)
+    both = const + ball_box_lower(A, ball.x0, ball.eps, ball.norm, centre - radius, centre + radius)
+    return torch.maximum(torch.maximum(box, at_ball), both)
+
+
 def _sum_over_shape(x: Tensor) -> Tensor:
     """x (B, K, *shape) summed over the shape -> (B, K)."""
     return x.reshape(*x.shape[:2], -1).sum(-1)
 
 
 def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: dict, centre: Tensor,
-             radius: Tensor, alphas: dict | None = None, *, betas: dict | None = None, record: dict | None = None
-             ) -> Tensor:
-    """Lower bound (B, K) of ``<A, v_top> + const`` over the boxes, v_top the values of node `top`.
+             radius: Tensor, alphas: dict | None = None, *, betas: dict | None = None, record: dict | None = None,
+             ball: Ball | None = None) -> Tensor:
+    """Lower bound (B, K) of ``<A, v_top> + const`` over the boxes (each intersected with ball, when given:
+    `concretize`), v_top the values of node `top`.
 
     A (B or 1, K, *shape_top), const (B or 1, K); relaxations {ReLU node id: Relaxation} for every ReLU node
     before top; centre, radius (B, n_inputs); alphas {ReLU node id: lower slopes broadcastable to (B, K, *shape)}.
@@ -118,11 +151,11 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     A = rows[0].reshape(*rows[0].shape[:2], -1) if 0 in rows else torch.zeros_like(centre).unsqueeze(1)
     if record is not None:
         record.update({0: A, "const": const})
-    return const + (A @ centre.unsqueeze(-1)).squeeze(-1) - (A.abs() @ radius.unsqueeze(-1)).squeeze(-1)
+    return concretize(A, const, centre, radius, ball)
 
 
 def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, centre: Tensor, radius: Tensor,
-                  alphas: dict | None = None) -> tuple[Tensor, Tensor]:
+                  alphas: dict | None = None, ball: Ball | None = None) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds (B, m) of the entries idx (m,) of node k's flat values: one backward pass with the
     rows +e_i then -e_i (alphas: lower slopes for those 2m rows, as `backward` takes them)."""
     node, m = network.nodes[k], idx.numel()
@@ -137,13 +170,13 @@ def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, cent
         eye[torch.arange(m), idx] = 1.0
         top, A = k, torch.cat([eye, -eye]).reshape(1, 2 * m, *node.op.out_shape)
         const = torch.zeros(1, 2 * m, dtype=dtype, device=device)
-    low = backward(network, top, A, const, relaxations, centre, radius, alphas)
+    low = backward(network, top, A, const, relaxations, centre, radius, alphas, ball=ball)
     return low[:, :m], -low[:, m:]
 
 
 def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, relaxations: dict,
-             centre: Tensor, radius: Tensor, fixed: tuple | None = None, straight_through: bool = False
-             ) -> tuple[Tensor, Tensor]:
+             centre: Tensor, radius: Tensor, fixed: tuple | None = None, straight_through: bool = False,
+             ball: Ball | None = None) -> tuple[Tensor, Tensor]:
     """Bounds (B, *shape) of node k intersected with backward passes from it (MAX_ENTRIES entries per pass, to
     bound the memory), for the entries unstable in some box (all entries when all_entries); each box keeps its
     own stable entries as they were. fixed: (entries idx (m,), alphas for their 2m rows) instead, in one pass.
@@ -157,7 +190,7 @@ def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, 
     if idx.numel() == 0:
         return l, u
     chunks = idx.split(MAX_ENTRIES) if alphas is None else (idx,)
-    parts = [_entry_bounds(network, k, chunk, relaxations, centre, radius, alphas) for chunk in chunks]
+    parts = [_entry_bounds(network, k, chunk, relaxations, centre, radius, alphas, ball) for chunk in chunks]
     low, up = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
     new_l, new_u = torch.maximum(flat_l[:, idx], low), torch.minimum(flat_u[:, idx], up)
     if not all_entries:  # the union over the batch was bounded: each box keeps its own stable entries
@@ -184,13 +217,15 @@ def bounded_by_pass(network: Network, k: int) -> bool:
 
 def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive", given: dict | None = None, *,
                 reference: dict | None = None, alphas: dict | None = None, straight_through: bool = False,
-                output_pass: bool = True) -> tuple[dict, dict]:
+                output_pass: bool = True, ball: Ball | None = None) -> tuple[dict, dict]:
     """Bounds {node id: (l, u) (B, *shape)} of every node (module docstring), and the ReLU relaxations {ReLU
     node id: Relaxation} (slopes `rule`). given: {node id: (l, u)} used exactly (not recomputed) for ReLU inputs,
     intersected with the computed ones elsewhere. For alpha-CROWN (bounds/alpha.py): reference {node id: (l, u)}
     intersected with every node not given; alphas {node id: (entries (m,), {ReLU id: slopes (B, 2m, *shape)})}
     bounds exactly those entries with those slopes; straight_through see `_tighten`; output_pass False leaves the
-    output node at its interval bounds."""
+    output node at its interval bounds. ball: each box intersected with this ball (`concretize`); the nodes fed by
+    the input alone then get a pass too, on all their entries (the ball's bounds of their rows ``W_i x0 + b_i -
+    eps ||W_i||_*``, intersected with the interval ones)."""
     given, reference, alphas = given or {}, reference or {}, alphas or {}
     centre, radius = (lo + hi) / 2, (hi - lo) / 2
     pre_activation = pre_activations(network)
@@ -206,9 +241,11 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
             for extra in (given.get(k), reference.get(k)):
                 if extra is not None:
                     l, u = torch.maximum(l, extra[0]), torch.minimum(u, extra[1])
-            if bounded_by_pass(network, k) and (output_pass or k in pre_activation):
-                l, u = _tighten(network, k, l, u, k not in pre_activation, relaxations, centre, radius,
-                                alphas.get(k), straight_through)
+            first = ball is not None and tuple(node.inputs) == (0,) and not isinstance(node.op, ops.ReLU) and \
+                (k == network.output or k in pre_activation)
+            if (bounded_by_pass(network, k) or first) and (output_pass or k in pre_activation):
+                l, u = _tighten(network, k, l, u, k not in pre_activation or first, relaxations, centre, radius,
+                                alphas.get(k), straight_through, ball)
         bounds[k] = (l, u)
         if isinstance(node.op, ops.ReLU):
             relaxations[k] = relax(*bounds[node.inputs[0]], rule)
@@ -230,8 +267,8 @@ def _interval_rows(network: Network, bounds: dict, C: Tensor, d: Tensor) -> Tens
 
 
 def crown(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor | None = None, *,
-          slopes: str = "adaptive", given: dict | None = None, alphas: dict | None = None
-          ) -> tuple[Tensor, dict]:
+          slopes: str = "adaptive", given: dict | None = None, alphas: dict | None = None,
+          ball: Ball | None = None) -> tuple[Tensor, dict]:
     """Lower bounds (B, K) of ``C @ f(x) + d`` over B boxes lo <= x <= hi (B, n_inputs), and every node's bounds.
 
     C (B or 1, K, n_outputs) or (K, n_outputs); d (B or 1, K), (K,) or None; given: as `node_bounds`; alphas:
@@ -240,17 +277,17 @@ def crown(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor | None 
     C = C if C.dim() == 3 else C.unsqueeze(0)
     d = torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device) if d is None else d
     d = d if d.dim() == 2 else d.unsqueeze(0)
-    bounds, relaxations = node_bounds(network, lo, hi, slopes, given)
-    return rows_lower(network, lo, hi, C, d, bounds, relaxations, alphas), bounds
+    bounds, relaxations = node_bounds(network, lo, hi, slopes, given, ball=ball)
+    return rows_lower(network, lo, hi, C, d, bounds, relaxations, alphas, ball=ball), bounds
 
 
 def rows_lower(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, bounds: dict, relaxations: dict,
-               alphas: dict | None = None, straight_through: bool = False) -> Tensor:
+               alphas: dict | None = None, straight_through: bool = False, ball: Ball | None = None) -> Tensor:
     """Lower bounds (B, K) of the rows C (B or 1, K, n_outputs), d (B or 1, K) for given layer bounds and
     relaxations: the backward pass from the output, intersected with the rows' interval bounds (straight_through:
     the value of that intersection with the gradient of the pass)."""
     A = C.reshape(*C.shape[:2], *network.output_shape)
-    lower = backward(network, network.output, A, d, relaxations, (lo + hi) / 2, (hi - lo) / 2, alphas)
+    lower = backward(network, network.output, A, d, relaxations, (lo + hi) / 2, (hi - lo) / 2, alphas, ball=ball)
     tight = torch.maximum(lower, _interval_rows(network, bounds, C, d))
     return tight.detach() + (lower - lower.detach()) if straight_through else tight
 

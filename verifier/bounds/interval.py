@@ -4,6 +4,10 @@ Dense chains use numpy layer by layer (`interval_layer_bounds`); any other graph
 torch (`node_bounds`): a linear node maps the inputs' centres with `forward` and their radii with `forward_abs`
 (|W|), a ReLU clips its interval. Layer bounds of a graph are those of the ReLU nodes' inputs, in order, then
 the outputs' bounds (for a chain: per affine layer, the last being the outputs).
+
+L2/L1 balls (`spec.InputBall`): the nodes that are linear maps of the input alone (before any ReLU: the first
+layer) take ``W_i x0 + b_i -+ eps ||W_i||_*`` per entry (the exact range over the ball, dual norm of the row of
+the composed map), intersected with the interval of the bounding box; later nodes propagate intervals as usual.
 """
 from __future__ import annotations
 
@@ -15,18 +19,23 @@ import torch
 from .. import ops
 
 from ..network import Network
-from ..spec import InputBox
+from ..norms import dual_norm_np
+from ..spec import InputBall, InputBox
 from .base import BoundResult, check_problem
 
 
-def interval_layer_bounds(network: Network, lo: np.ndarray, hi: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pre-activation bounds [(l, u)] of every affine layer for inputs in [lo, hi] (each (width,) float64)."""
+def interval_layer_bounds(network: Network, lo: np.ndarray, hi: np.ndarray, first: tuple | None = None
+                          ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pre-activation bounds [(l, u)] of every affine layer for inputs in [lo, hi] (each (width,) float64);
+    first: bounds (l, u) of the first layer intersected with its interval (a ball's, `ball_ranges`)."""
     bounds = []
     for affine, relu in zip(network.affines, network.relu_after):
         center, radius = (lo + hi) / 2, (hi - lo) / 2
         mid = affine.weight @ center + affine.bias
         rad = np.abs(affine.weight) @ radius
         l, u = mid - rad, mid + rad
+        if first is not None and not bounds:
+            l, u = np.maximum(l, first[0]), np.minimum(u, first[1])
         bounds.append((l, u))
         lo, hi = (np.maximum(l, 0.0), np.maximum(u, 0.0)) if relu else (l, u)
     return bounds
@@ -99,11 +108,40 @@ def by_node(network: Network, layer_bounds: list, dtype: torch.dtype = torch.flo
             for k, lu in zip(described, layer_bounds) if lu is not None}
 
 
-def _graph_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, layer_bounds: list | None
-                 ) -> tuple[np.ndarray, list]:
+def ball_ranges(network: Network, ball: InputBall) -> dict:
+    """{node id: (l, u) flat float64}: the exact ranges over the ball (its box ignored) of the non-ReLU nodes that
+    are linear maps of the input alone (the operators' sparse maps composed from the input; those are sparse even
+    for convolutions): ``M x0 + c -+ eps ||M_i||_*`` per entry."""
+    maps = {0: (None, np.zeros(network.n_inputs))}  # None: the identity
+    ranges = {}
+    for k in range(1, len(network.nodes)):
+        node = network.nodes[k]
+        if isinstance(node.op, ops.ReLU) or not all(i in maps for i in node.inputs):
+            continue
+        A, offset = node.op.sparse()
+        parts = [(maps[i][0], maps[i][1]) for i in node.inputs]
+        M = [np.identity(network.n_inputs) if m is None else m for m, _ in parts]
+        M = M[0] if len(M) == 1 else np.vstack(M)
+        maps[k] = (np.asarray(A @ M), A @ np.concatenate([c for _, c in parts]) + offset)
+        centre = maps[k][0] @ ball.x0 + maps[k][1]
+        radius = ball.eps * dual_norm_np(maps[k][0], ball.norm)
+        ranges[k] = (centre - radius, centre + radius)
+    return ranges
+
+
+def _graph_bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray,
+                 layer_bounds: list | None) -> tuple[np.ndarray, list]:
     """IBP on a graph: lower bounds (k,) and layer bounds (module docstring), numpy float64."""
     described = relu_inputs(network)
     given = {} if layer_bounds is None else by_node(network, layer_bounds)
+    if isinstance(box, InputBall):
+        for k, (l, u) in ball_ranges(network, box).items():
+            shape = network.nodes[k].op.out_shape
+            l, u = (torch.tensor(x).reshape(1, *shape) for x in (l, u))
+            if k in given:
+                l, u = torch.maximum(l, given[k][0]), torch.minimum(u, given[k][1])
+            given[k] = (l, u)
+        box = box.box
     lo, hi = (torch.tensor(x, dtype=torch.float64)[None] for x in (box.lo, box.hi))
     with torch.no_grad():
         bounds = node_bounds(network, lo, hi, given)
@@ -119,9 +157,10 @@ def _graph_bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray, 
     return lower, flat
 
 
-def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
+def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray | None = None, *,
           layer_bounds: list | None = None) -> BoundResult:
-    """IBP lower bounds of ``C @ f(x) + d`` over the box; C (k, n_outputs), d (k,).
+    """IBP lower bounds of ``C @ f(x) + d`` over the box or the L2/L1 ball ∩ box (module docstring); C (k,
+    n_outputs), d (k,).
 
     The last layer's interval is pushed through C directly (tighter than bounding f first).
     Given layer_bounds are intersected with the computed ones.
@@ -131,7 +170,12 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     if not network.is_chain:
         lower, bounds = _graph_bound(network, box, C, d, layer_bounds)
         return BoundResult(lower, bounds, "ibp", time.perf_counter() - start)
-    bounds = interval_layer_bounds(network, box.lo, box.hi)
+    first, ball = None, box if isinstance(box, InputBall) else None
+    if ball is not None:
+        weight, bias = network.affines[0].weight, network.affines[0].bias
+        centre, radius = weight @ box.x0 + bias, box.eps * dual_norm_np(weight, box.norm)
+        first, box = (centre - radius, centre + radius), box.box
+    bounds = interval_layer_bounds(network, box.lo, box.hi, first)
     if layer_bounds is not None:
         bounds = [(np.maximum(l, gl), np.minimum(u, gu)) for (l, u), (gl, gu) in zip(bounds, layer_bounds)]
     if network.relu_after[-1]:  # outputs are clipped at 0: bound C y over the outputs' own interval
@@ -143,4 +187,6 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
         last = network.affines[-1]
         weight, offset = C @ last.weight, C @ last.bias + d
     lower = weight.clip(min=0) @ lo + weight.clip(max=0) @ hi + offset
+    if ball is not None and len(bounds) == 1 and not network.relu_after[-1]:  # a linear model: Hölder on the rows
+        lower = np.maximum(lower, weight @ ball.x0 + offset - ball.eps * dual_norm_np(weight, ball.norm))
     return BoundResult(lower, bounds, "ibp", time.perf_counter() - start)

@@ -19,6 +19,13 @@ three sound re-derivations: `dual.backward_bound` at either set of slopes, and t
 multipliers over valid variable ranges (`solvers.lagrangian_bound`). Each is a valid bound whatever the solver's
 accuracy; with an accurate solver the best equals the LP's objective to ~1e-9. The solver's objective is kept in
 ``info["objective"]`` and never reported as the bound.
+
+L2/L1 input balls (`spec.InputBall`, `encode`): for L1 the LP gains the linear rows of the ball (HiGHS as
+usual, and the weak-duality bound covers them); for L2 the cone ``||x - x0||_2 <= eps`` makes it an SOCP, which
+`solvers.open_model` hands to Clarabel (cvxpy). Its value is re-derived the same way: the dual pass at the slopes
+read off the triangle rows' multipliers, concretised over ball ∩ box (`engine.concretize`); the weak-duality
+bound drops the cone (a relaxation: still valid, weaker). Any slopes give a valid bound, so the re-derived value
+is sound whatever the conic solver's accuracy.
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ pass with optimized slopes), optionally tightened by LP-all (``intermediate="lp"
 
 Both sides are checked (DESIGN.md rule 2): ``lower`` is the solver's proven dual bound (or, if it is weaker, the
 dual pass's bound: both are valid), and ``upper`` is OUR network's float64 value at the best point known for the
-row (the solver's points clipped into the box, the box centre, and any given start points), never the solver's
-objective. ``lower <= upper`` always.
+row (the solver's points moved into the set (`spec.pull_inside`), its centre, and any given start points), never
+the solver's objective. ``lower <= upper`` always.
 
 Minimum over rows (``objective="min"``, the robust margin): rows are solved most suspicious first (lowest dual
 bound), each constrained to go below the best value found so far (a cutoff row), so a row that cannot is pruned:
@@ -30,7 +30,7 @@ import torch
 
 from .. import solvers
 from ..network import Network
-from ..spec import InputBox
+from ..spec import InputBall, InputBox, SpecError, pull_inside
 from . import dual, encode, lp
 from .base import BoundResult, check_problem
 
@@ -53,7 +53,16 @@ def full_point(network: Network, layout: encode.Layout, n_vars: int, x: np.ndarr
     for i, zh in enumerate(pre[:len(layout.zh)]):
         point[layout.zh[i]], point[layout.z[i]] = zh, np.maximum(zh, 0.0)
         point[layout.binary[i]] = (zh[layout.unstable[i]] > 0).astype(np.float64)
+    if layout.aux is not None:  # an L1 ball's t = |x - x0|
+        point[layout.aux] = np.abs(np.asarray(x, dtype=np.float64) - layout.aux_center)
     return point
+
+
+def _exact_input_set(box: InputBox | InputBall) -> None:
+    """The MILP is exact over boxes and L1 balls (linear constraints); an L2 ball is a one-line error."""
+    if isinstance(box, InputBall) and box.norm == "l2":
+        raise SpecError("milp: the exact MILP takes boxes (L-inf) and L1 balls only, not L2 balls "
+                        "(use the certified methods ibp, dual, lp for L2)")
 
 
 def _rows_range(problem: solvers.LinearProblem, layout: encode.Layout, bounds: list, G: sp.csr_matrix,
@@ -123,11 +132,12 @@ def _cutoff(decide: float | None) -> float | None:
     return None if decide is None else float(decide) + 1e-6 * max(1.0, abs(float(decide)))
 
 
-def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
+def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray | None = None, *,
           layer_bounds: list | None = None, time_limit: float | None = 60, intermediate: str = "dual",
           slopes: str = "opt", objective: str = "rows", decide: float | None = None,
           starts: np.ndarray | None = None) -> BoundResult:
-    """Exact bounds of ``min_x C f(x) + d`` over the box per row (within time_limit seconds in all).
+    """Exact bounds of ``min_x C f(x) + d`` over the box (or an L1 ball ∩ its box: `encode`; an L2 ball is a
+    SpecError) per row (within time_limit seconds in all).
 
     objective: "rows" (every row exact), "min" (only the minimum over the rows is exact: rows that cannot beat the
     best value found so far are pruned and get a lower bound at least that value) or "min-selector" (the minimum
@@ -146,6 +156,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     """
     start = time.perf_counter()
     C, d = check_problem(network, box, C, d)
+    _exact_input_set(box)
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     deadline = None if time_limit is None else start + float(time_limit)
@@ -154,7 +165,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     info["seconds_bounds"] = time.perf_counter() - start
     k = C.shape[0]
     # candidate points: every one gives an upper bound on every row's minimum (evaluated by our network)
-    points = [box.center[None]] + ([] if starts is None else [np.clip(np.atleast_2d(starts), box.lo, box.hi)])
+    points = [box.center[None]] + ([] if starts is None else [pull_inside(box, np.atleast_2d(starts))])
 
     def values() -> np.ndarray:
         return network.forward(np.concatenate(points)) @ C.T + d  # (N, k)
@@ -174,7 +185,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
         nodes = result.info.get("nodes", 0)
         at_point = None
         if result.x is not None:
-            points.append(np.clip(result.x[:network.n_inputs], box.lo, box.hi)[None])
+            points.append(pull_inside(box, result.x[:network.n_inputs])[None])
             at_point = float(values()[-1].min())
         row_status, proven, message = _read(result, threshold, at_point)
         if np.isfinite(proven):
@@ -207,7 +218,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
             nodes += result.info.get("nodes", 0)
             at_point = None
             if result.x is not None:
-                points.append(np.clip(result.x[:network.n_inputs], box.lo, box.hi)[None])
+                points.append(pull_inside(box, result.x[:network.n_inputs])[None])
                 at_point = float(values()[-1, j])
             status[j], proven, message = _read(result, cutoff, at_point)
             if np.isfinite(proven):
@@ -227,7 +238,7 @@ def bound(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None =
     return BoundResult(lower, bounds, "milp", time.perf_counter() - start, info, upper=upper, x=x)
 
 
-def min_max(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None = None, *,
+def min_max(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray | None = None, *,
             layer_bounds: list | None = None, time_limit: float | None = 60, decide: float | None = None,
             starts: np.ndarray | None = None) -> tuple[float, float, np.ndarray, str]:
     """The exact ``min_x max_r (C f(x) + d)_r`` over the box: the rows' conjunction ``C f + d <= 0`` is met
@@ -241,15 +252,16 @@ def min_max(network: Network, box: InputBox, C: np.ndarray, d: np.ndarray | None
     """
     start = time.perf_counter()
     C, d = check_problem(network, box, C, d)
+    _exact_input_set(box)
     deadline = None if time_limit is None else start + float(time_limit)
     _, dual_lower, _, G, g0, problem, layout = _setup(network, box, C, d, layer_bounds, "dual", "opt", deadline)
     epigraph = _epigraph(problem, G, g0)
     threshold = _cutoff(decide)
     left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
     result = solvers.open_model(epigraph, highs_options=solvers.MILP_QUICK).solve(time_limit=left, cutoff=threshold)
-    points = [box.center[None]] + ([] if starts is None else [np.clip(np.atleast_2d(starts), box.lo, box.hi)])
+    points = [box.center[None]] + ([] if starts is None else [pull_inside(box, np.atleast_2d(starts))])
     if result.x is not None:
-        points.append(np.clip(result.x[:network.n_inputs], box.lo, box.hi)[None])
+        points.append(pull_inside(box, result.x[:network.n_inputs])[None])
     candidates = np.concatenate(points)
     values = (network.forward(candidates) @ C.T + d).max(axis=1)
     best = int(np.argmin(values))
