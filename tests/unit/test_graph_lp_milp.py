@@ -63,11 +63,22 @@ def test_milp_is_the_enumerated_minimum_at_a_real_point(tiny, tmp_path):
     assert upper >= exact.max() - 1e-9  # the maximum over the rows is at least each row's minimum
 
 
+def rederived_as_solved(net: Network, res) -> bool:
+    """The LP's re-derived bounds equal its objective; on a rewritten MaxPool (returns True) they may beat it,
+    never fall below: the engine's passes also take interval bounds, whose rule for max(a, b) ([max(l_a, l_b),
+    max(u_a, u_b)]) the LP's triangles do not have."""
+    if any(interval.max_operands(net, k) for k in range(len(net.nodes))):
+        assert np.all(res.lower >= res.info["objective"] - 1e-7)
+        return True
+    np.testing.assert_allclose(res.lower, res.info["objective"], atol=1e-7)
+    return False
+
+
 def test_lp_lies_between_the_dual_pass_and_the_exact_minimum(tiny):
     net, box, C, d, exact = tiny
     res = lp.bound(net, box, C, d)
     assert res.info["disagreements"] == [] and res.info["status"] == ["optimal"] * 3
-    np.testing.assert_allclose(res.lower, res.info["objective"], atol=1e-7)
+    rederived_as_solved(net, res)
     adaptive = dual.bound(net, box, C, d, layer_bounds=res.layer_bounds, slopes="adaptive").lower
     assert np.all(res.lower >= adaptive - 1e-7)
     assert np.all(res.lower <= exact + 1e-7)
@@ -80,8 +91,8 @@ def test_lp_on_graphs_is_sound_and_at_least_the_dual_pass(graph, eps):
     rng, box, C, d = problem(graph, 2, eps)
     res = lp.bound(graph, box, C, d)
     assert res.info["disagreements"] == [] and res.info["variables"] > graph.n_inputs + 2 * graph.n_relus - 1
-    np.testing.assert_allclose(res.lower, res.info["objective"], atol=1e-7)
-    assert np.all(res.info["crown"] <= res.info["objective"] + 1e-7)  # the dual pass at any slopes: at most the LP
+    if not rederived_as_solved(graph, res):  # the same relaxation: the dual pass at any slopes is at most the LP
+        assert np.all(res.info["crown"] <= res.info["objective"] + 1e-7)
     for slopes in ("wk", "adaptive"):
         same = dual.bound(graph, box, C, d, layer_bounds=res.layer_bounds, slopes=slopes).lower
         assert np.all(res.lower >= same - 1e-7), slopes
