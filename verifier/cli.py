@@ -131,9 +131,6 @@ def run(args, parser) -> int:
     return run_robustness(args)
 
 
-NORM_NAMES = {None: "linf", "inf": "linf", "2": "l2", "1": "l1"}
-
-
 def companion_data(model: Path) -> Path | None:
     """models/<stem>.npz or models/<prefix>.npz for models/<prefix>_<rest>.onnx, when it exists."""
     for stem in (model.stem, model.stem.split("_")[0]):
@@ -187,6 +184,7 @@ def run_robustness(args) -> int:
     from . import compare, report
     from .dataset import run_dataset
     from .onnx import load_onnx
+    from .spec import norm_name
     from .tasks import file_sha256
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -195,7 +193,7 @@ def run_robustness(args) -> int:
         raise InputError(f"unknown method {unknown[0]!r}; available: {', '.join(compare.known_methods())}")
     if args.eps < 0 or not np.isfinite(args.eps):
         raise InputError(f"--eps must be a finite number >= 0, got {args.eps}")
-    norm = NORM_NAMES[args.norm]
+    norm = norm_name(args.norm or "inf")
     if norm == "l2" and "milp" in methods:
         raise InputError("milp is exact for --norm inf and 1 only (an L2 ball is not linear); drop it for --norm 2")
     smoothing = None if args.smoothing is None else {"sigma": args.smoothing, "n": args.n, "n0": args.n0,

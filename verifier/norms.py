@@ -12,6 +12,7 @@ numpy ones on one vector or rows (k, n).
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 Tensor = torch.Tensor
@@ -31,8 +32,15 @@ def dual_norm(a: Tensor, norm: str) -> Tensor:
     raise ValueError(f"unknown norm {norm!r}")
 
 
-def dual_norm_np(a: np.ndarray, norm: str) -> np.ndarray:
-    """`dual_norm` for numpy arrays (..., n) -> (...)."""
+def dual_norm_np(a, norm: str) -> np.ndarray:
+    """`dual_norm` for numpy arrays (..., n) -> (...), or per row of a scipy sparse matrix (m, n) -> (m,)."""
+    if sp.issparse(a):
+        a = abs(sp.csr_matrix(a, dtype=np.float64))
+        rows = {"l2": lambda: np.sqrt(np.asarray(a.multiply(a).sum(1))), "l1": lambda: a.max(1).toarray(),
+                "linf": lambda: np.asarray(a.sum(1))}
+        if norm not in rows:
+            raise ValueError(f"unknown norm {norm!r}")
+        return rows[norm]().reshape(-1)
     a = np.abs(np.asarray(a, dtype=np.float64))
     if norm == "l2":
         return np.sqrt((a * a).sum(-1))

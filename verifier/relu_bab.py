@@ -37,6 +37,7 @@ passes: the same 523 domains, no faster on this CPU (11.6 s vs 11.7 s), so float
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -206,8 +207,8 @@ class _Problem:
         children[torch.arange(len(cand)), cand] = torch.where(active, 1, -1).to(children.dtype)
         relaxations, sign = {}, {}
         for r in self.relus:
-            fields = {name: getattr(relax[r], name)[parent].reshape(len(cand), -1).clone()
-                      for name in ("unstable", "stable_slope", "rule_slope", "upper_slope", "upper_offset")}
+            fields = {f.name: getattr(relax[r], f.name)[parent].reshape(len(cand), -1).clone()
+                      for f in dataclasses.fields(engine.Relaxation)}
             mine = (cand >= self.slices[r].start) & (cand < self.slices[r].stop)
             rows, col = mine.nonzero().flatten(), self.cols[r][cand[mine] - self.slices[r].start]
             one = active[mine].to(fields["stable_slope"].dtype)

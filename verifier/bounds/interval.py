@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .. import ops
@@ -112,17 +113,16 @@ def ball_ranges(network: Network, ball: InputBall) -> dict:
     """{node id: (l, u) flat float64}: the exact ranges over the ball (its box ignored) of the non-ReLU nodes that
     are linear maps of the input alone (the operators' sparse maps composed from the input; those are sparse even
     for convolutions): ``M x0 + c -+ eps ||M_i||_*`` per entry."""
-    maps = {0: (None, np.zeros(network.n_inputs))}  # None: the identity
+    maps = {0: (sp.identity(network.n_inputs, format="csr"), np.zeros(network.n_inputs))}
     ranges = {}
     for k in range(1, len(network.nodes)):
         node = network.nodes[k]
         if isinstance(node.op, ops.ReLU) or not all(i in maps for i in node.inputs):
             continue
         A, offset = node.op.sparse()
-        parts = [(maps[i][0], maps[i][1]) for i in node.inputs]
-        M = [np.identity(network.n_inputs) if m is None else m for m, _ in parts]
-        M = M[0] if len(M) == 1 else np.vstack(M)
-        maps[k] = (np.asarray(A @ M), A @ np.concatenate([c for _, c in parts]) + offset)
+        parts = [maps[i] for i in node.inputs]
+        M = sp.vstack([m for m, _ in parts], format="csr")
+        maps[k] = ((A @ M).tocsr(), A @ np.concatenate([c for _, c in parts]) + offset)
         centre = maps[k][0] @ ball.x0 + maps[k][1]
         radius = ball.eps * dual_norm_np(maps[k][0], ball.norm)
         ranges[k] = (centre - radius, centre + radius)
@@ -171,10 +171,8 @@ def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndar
         lower, bounds = _graph_bound(network, box, C, d, layer_bounds)
         return BoundResult(lower, bounds, "ibp", time.perf_counter() - start)
     first, ball = None, box if isinstance(box, InputBall) else None
-    if ball is not None:
-        weight, bias = network.affines[0].weight, network.affines[0].bias
-        centre, radius = weight @ box.x0 + bias, box.eps * dual_norm_np(weight, box.norm)
-        first, box = (centre - radius, centre + radius), box.box
+    if ball is not None:  # a chain's node 1 is its first Dense layer
+        first, box = ball_ranges(network, ball)[1], box.box
     bounds = interval_layer_bounds(network, box.lo, box.hi, first)
     if layer_bounds is not None:
         bounds = [(np.maximum(l, gl), np.minimum(u, gu)) for (l, u), (gl, gu) in zip(bounds, layer_bounds)]
