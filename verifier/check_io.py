@@ -1,9 +1,12 @@
-"""The checker's readers (check.py): a dense ReLU chain from an ONNX file, and the unsafe conjunctions of a
-VNN-LIB file. Like check.py, they share no code with the rest of the package (numpy and the `onnx` protobuf
-reader only): the checker's own view of both files.
+"""The checker's readers (check.py): a dense ReLU chain from an ONNX file, the unsafe conjunctions of a
+VNN-LIB file, and a certificate with the structure of its proof (which property it covers, the leaves of its
+trees: coverage). Like check.py, they share no code with the rest of the package (numpy and the `onnx` protobuf
+reader only): the checker's own view of the files.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -11,8 +14,16 @@ from pathlib import Path
 import numpy as np
 
 
+FORMAT = "verifier-certificate"
+VERSION = 1
+
+
 class BadInput(Exception):
     """A file that cannot be read or holds something this checker does not support (exit code 2)."""
+
+
+class Invalid(Exception):
+    """The certificate does not prove the property (exit code 1)."""
 
 
 def down(x):
@@ -222,3 +233,110 @@ def _linear(path, e) -> tuple[dict, Fraction]:
         (c, k), (c2, k2) = args if not args[0][0] else args[::-1]
         return {key: k * v for key, v in c2.items()}, k * k2
     raise BadInput(f"{path}: unsupported term {e[0]!r}")
+
+
+# ------------------------------------------------------------------------------------------- certificates
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_certificate(path: Path) -> tuple[dict, list[dict]]:
+    """(meta, pairs): a pair is a dict of lo, hi (n,), C, d (lists per disjunct), kind and its proof's arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as exc:
+        raise BadInput(f"{path}: not a certificate ({type(exc).__name__})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise BadInput(f"{path}: not a {FORMAT} of version {VERSION}")
+    pairs = []
+    for i, info in enumerate(meta["pairs"]):
+        pair = {k[len(f"p{i}_"):]: v for k, v in arrays.items() if k.startswith(f"p{i}_")}
+        pair["kind"] = info["kind"]
+        pair["C"] = [pair.pop(f"C{k}") for k in range(info["disjuncts"])]
+        pair["d"] = [pair.pop(f"d{k}") for k in range(info["disjuncts"])]
+        pairs.append(pair)
+    return meta, pairs
+
+
+def covered(term: tuple, pairs: list[dict]) -> bool:
+    """Whether some pair's box holds the term's input box and some disjunct of it is implied by the term's rows."""
+    lo, hi, rows = term
+    if any(v is None for v in lo + hi):
+        return False
+    for pair in pairs:
+        if not all(Fraction(float(a)) <= b for a, b in zip(pair["lo"], lo)):
+            continue
+        if not all(Fraction(float(a)) >= b for a, b in zip(pair["hi"], hi)):
+            continue
+        for C, d in zip(pair["C"], pair["d"]):
+            if all(any(all(Fraction(float(c)) == coef.get(j, 0) for j, c in enumerate(C[r])) and
+                       Fraction(float(d[r])) >= rhs for coef, rhs in rows) for r in range(len(d))):
+                return True
+    return False
+
+
+def leaf_boxes(pair: dict) -> tuple[np.ndarray, ...]:
+    """The leaf boxes lo, hi (L, n) of an input-split tree (flags in pre-order, 1 cut / 0 leaf; cut dims and
+    points), and the boxes of the ancestors whose linear bounds they may use instead of their own ("via": levels
+    up per leaf, default 1: the parent; the root's: itself)."""
+    stack, leaves, cut = [(pair["lo"].copy(), pair["hi"].copy(), ())], [], 0
+    dims, points = pair["dim"], pair["point"]
+    for flag in pair["tree"]:
+        if not stack:
+            raise Invalid("the input-split tree has nodes after its last leaf")
+        lo, hi, path = stack.pop()
+        if flag:
+            if cut >= len(dims) or not 0 <= dims[cut] < len(lo):
+                raise Invalid(f"cut {cut} of the input-split tree is missing or names no input")
+            k, p = int(dims[cut]), float(points[cut])
+            if not lo[k] <= p <= hi[k]:
+                raise Invalid(f"cut {cut} at {p!r} lies outside its box's [{lo[k]!r}, {hi[k]!r}] on input {k}")
+            left_hi, right_lo = hi.copy(), lo.copy()
+            left_hi[k], right_lo[k] = p, p
+            stack += [(right_lo, hi, path + ((lo, hi),)), (lo, left_hi, path + ((lo, hi),))]
+            cut += 1
+        else:
+            leaves.append((lo, hi, path))
+    if stack:
+        raise Invalid(f"the input-split tree leaves {len(stack)} piece(s) of the box without a leaf (a gap)")
+    via = pair.get("via", np.array([min(1, len(path)) for _, _, path in leaves]))
+    if len(via) != len(leaves) or any(not 0 <= v <= len(path) for v, (_, _, path) in zip(via, leaves)):
+        raise Invalid("the input-split tree's leaves name ancestors they do not have")
+    anchors = [path[-v] if v else (lo, hi) for v, (lo, hi, path) in zip(via, leaves)]
+    n = len(pair["lo"])
+    return tuple(np.array(x).reshape(-1, n) for x in ([a for a, _, _ in leaves], [b for _, b, _ in leaves],
+                                                      [a for a, _ in anchors], [b for _, b in anchors]))
+
+
+def relu_coverage(splits: np.ndarray) -> str | None:
+    """None when the leaves' splits (L, N) in {-1, 0, 1} form a complete binary tree of ReLU splits (each
+    subtree's leaves share a split neuron with both sides present, down to a leaf), else what is missing."""
+    stack = [(np.arange(len(splits)), np.zeros(splits.shape[1], dtype=splits.dtype))]
+    while stack:
+        idx, fixed = stack.pop()
+        if not len(idx):
+            fixed_at = {int(j): int(fixed[j]) for j in np.flatnonzero(fixed)}
+            return f"no leaf covers the domain with splits {fixed_at}"
+        extra = (splits[idx] != 0) & (fixed == 0)
+        if (~extra.any(1)).any():  # a leaf with no split beyond this subtree's: it covers the subtree
+            continue
+        common = np.flatnonzero(extra.all(0))
+        if not len(common):
+            return f"{len(idx)} leaves under splits {np.flatnonzero(fixed).tolist()} share no further split"
+        j = common[0]
+        for side in (1, -1):
+            f = fixed.copy()
+            f[j] = side
+            stack.append((idx[splits[idx, j] == side], f))
+    return None
+
+
+def padded(pair: dict) -> tuple[np.ndarray, np.ndarray]:
+    K, M = len(pair["d"]), max(len(d) for d in pair["d"])
+    C = np.zeros((K, M, pair["C"][0].shape[1]))
+    d = np.full((K, M), np.inf)
+    for k in range(K):
+        C[k, :len(pair["d"][k])], d[k, :len(pair["d"][k])] = pair["C"][k], pair["d"][k]
+    return C, d
