@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,31 @@ def test_the_checker_runs_alone_without_torch(certs, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(folder), str(ACAS[0]), str(ACAS[1]), str(certs["acas"])],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("valid ("), out.stderr
+
+
+def test_milp_decided_disjuncts_are_trusted_leaves_the_checker_counts(tmp_path):
+    """relu_split with the MILP from the start (milp_after 0): the disjunct it rules out becomes a root leaf
+    marked trusted; the certificate is valid and the checker reports it as MILP-trusted rather than proved."""
+    from verifier import bab
+    from verifier.certificate import write_certificate
+    from verifier.vnnlib import parse_vnnlib
+
+    rng = np.random.default_rng(3)
+    net = random_network([4, 7, 6, 2], rng)
+    model, vnnlib = tmp_path / "n.onnx", tmp_path / "p.vnnlib"
+    save_onnx(net, model)
+    net = load_onnx(model)
+    from verifier.spec import InputBox
+    lo, hi = np.full(4, -1.0), np.full(4, 1.0)
+    exact = float(enumerate_bound(net, InputBox(lo, hi), np.array([[1.0, 0.0]]), np.zeros(1))[0])
+    vnnlib.write_text("".join(f"(declare-const X_{i} Real)\n(assert (<= X_{i} 1.0))\n(assert (>= X_{i} -1.0))\n"
+                              for i in range(4)) + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                      f"(assert (<= Y_0 {exact - 1e-4!r}))\n")
+    (box, prop), = parse_vnnlib(vnnlib, 4, 2)
+    trace = {"kind": "relu"}
+    result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 60, milp_after=0.0, trace=trace,
+                            confirm=lambda x: False)
+    assert result.status == "holds" and trace["milp"] == [0]
+    stats = write_certificate(net, vnnlib, [(box, prop)], [trace], tmp_path / "c.npz")
+    assert stats["written"] and stats["milp_trusted"] == 1
+    assert check.check(model, vnnlib, tmp_path / "c.npz") == (stats["leaves"], 1)
