@@ -121,6 +121,10 @@ class Dense(Linear):
     def sparse(self) -> tuple[sp.csr_matrix, np.ndarray]:
         return sp.csr_matrix(_numpy(self.weight)), _flat_offset(self.offset, self.out_shape)
 
+    def rows(self, idx: Tensor) -> Tensor:
+        """Rows idx (m,) of the map's matrix (m, *in_shape): the backward of the rows e_i, without a product."""
+        return self.weight[idx].reshape(len(idx), *self.in_shape)
+
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
@@ -201,6 +205,16 @@ class Conv2d(Linear):
         values = np.broadcast_to(weight[:, None, None], shape)[valid]
         matrix = sp.csr_matrix((values, (out_index, in_index)), shape=(n_out * oh * ow, channels * h * w))
         return matrix, _flat_offset(self.offset, self.out_shape)
+
+    @cached_property
+    def _matrix(self) -> sp.csr_matrix:
+        return self.sparse()[0]
+
+    def rows(self, idx: Tensor) -> Tensor:
+        """Rows idx (m,) of the map's matrix (m, *in_shape): the backward of the rows e_i, each a kernel placed in
+        an input-sized map (as dense as `backward`'s output, and no transposed convolution to compute)."""
+        dense = self._matrix[idx.cpu().numpy()].toarray()
+        return torch.from_numpy(dense).to(self.weight).reshape(len(idx), *self.in_shape)
 
 
 @dataclass(frozen=True, eq=False)

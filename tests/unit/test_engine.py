@@ -119,3 +119,19 @@ def test_optimized_slopes_are_sound_and_not_worse(graph):
     assert np.all(opt.lower >= adaptive.lower - 1e-9)
     y = graph.forward(samples(box, np.random.default_rng(5)))
     assert np.all(y @ C.T + d >= opt.lower - 1e-9)
+
+
+def test_nodes_one_linear_operator_after_the_input_need_no_pass(graph):
+    """Nodes that are one linear operator on the input moved about entry by entry (normalised, transposed,
+    padded) get interval bounds only: they are exact, equal to a backward pass from each entry to the input."""
+    box = box_around(graph, 4, 0.1)
+    lo, hi = (torch.tensor(v)[None] for v in (box.lo, box.hi))
+    bounds, _ = engine.node_bounds(graph, lo, hi)
+    skipped = [k for k in engine.pre_activations(graph) if engine._after_input(graph, k)]
+    assert skipped  # every kind starts with one linear operator on the (normalised / transposed) input
+    for k in skipped:
+        l, u = bounds[k]
+        idx = torch.arange(l[0].numel())
+        low, up = engine._entry_bounds(graph, k, idx, {}, (lo + hi) / 2, (hi - lo) / 2)
+        np.testing.assert_allclose(l.reshape(1, -1).numpy(), low.numpy(), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(u.reshape(1, -1).numpy(), up.numpy(), rtol=1e-9, atol=1e-9)

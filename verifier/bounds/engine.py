@@ -160,10 +160,12 @@ def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, cent
     rows +e_i then -e_i (alphas: lower slopes for those 2m rows, as `backward` takes them)."""
     node, m = network.nodes[k], idx.numel()
     dtype, device = centre.dtype, centre.device
-    if isinstance(node.op, ops.Dense):  # the rows +-e_i through the dense map: its rows +-W_i (cheaper)
-        top, weight = node.inputs[0], node.op.weight[idx]
-        bias = torch.zeros(m, dtype=dtype, device=device) if node.op.bias is None else node.op.bias[idx]
-        A = torch.cat([weight, -weight]).reshape(1, 2 * m, *node.op.in_shape)
+    if isinstance(node.op, (ops.Dense, ops.Conv2d)):  # the rows +-e_i through the map: its rows +-W_i (cheaper)
+        top, weight = node.inputs[0], node.op.rows(idx)
+        offset = node.op.offset
+        bias = torch.zeros(m, dtype=dtype, device=device) if offset is None else \
+            offset.expand(node.op.out_shape).reshape(-1)[idx]
+        A = torch.cat([weight, -weight]).unsqueeze(0)
         const = torch.cat([bias, -bias]).unsqueeze(0)
     else:
         eye = torch.zeros(m, int(np.prod(node.op.out_shape)), dtype=dtype, device=device)
@@ -206,11 +208,31 @@ def pre_activations(network: Network) -> set:
     return {network.nodes[k].inputs[0] for k in network.relu_nodes}
 
 
+_ONE_TO_ONE = (ops.Reshape, ops.Transpose, ops.Pad, ops.Elementwise)  # each entry: one input entry or a constant
+
+
+def _input_entries(network: Network, k: int) -> bool:
+    """Whether node k is the input moved about entry by entry (reshaped, transposed, padded, scaled and
+    shifted per entry): then every entry of node k is ``a x_i + b`` for a different input i, and intervals are
+    exact on it and on one linear operator after it."""
+    while k != 0:
+        node = network.nodes[k]
+        if not isinstance(node.op, _ONE_TO_ONE) or len(node.inputs) != 1:
+            return False
+        k = node.inputs[0]
+    return True
+
+
+def _after_input(network: Network, k: int) -> bool:
+    """Whether node k is one linear operator on the input (moved about entry by entry: `_input_entries`)."""
+    node = network.nodes[k]
+    return len(node.inputs) == 1 and not isinstance(node.op, ops.ReLU) and _input_entries(network, node.inputs[0])
+
+
 def bounded_by_pass(network: Network, k: int) -> bool:
     """Whether node_bounds tightens node k by backward passes: a ReLU input or the (non-ReLU) output node that is
-    more than one linear operator away from the input (intervals are exact there)."""
-    node = network.nodes[k]
-    if len(node.inputs) == 1 and node.inputs[0] == 0 or isinstance(node.op, ops.ReLU):
+    more than one linear operator away from the input (intervals are exact there: `_after_input`)."""
+    if _after_input(network, k) or isinstance(network.nodes[k].op, ops.ReLU):
         return False
     return k == network.output or k in pre_activations(network)
 
@@ -241,8 +263,7 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
             for extra in (given.get(k), reference.get(k)):
                 if extra is not None:
                     l, u = torch.maximum(l, extra[0]), torch.minimum(u, extra[1])
-            first = ball is not None and tuple(node.inputs) == (0,) and not isinstance(node.op, ops.ReLU) and \
-                (k == network.output or k in pre_activation)
+            first = ball is not None and _after_input(network, k) and (k == network.output or k in pre_activation)
             if (bounded_by_pass(network, k) or first) and (output_pass or k in pre_activation):
                 l, u = _tighten(network, k, l, u, k not in pre_activation or first, relaxations, centre, radius,
                                 alphas.get(k), straight_through, ball)
