@@ -96,8 +96,9 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
             break
         alphas = {k: (idx, {r: scatter_columns(shapes[r], cols[r], p) for r, p in params.items()})
                   for k, (idx, params) in entries.items()}
-        now, relax_now = engine.node_bounds(network, lo, hi, "adaptive", given, reference=bounds, alphas=alphas,
-                                            straight_through=True, output_pass=False, ball=ball)
+        now, relax_now = (bounds, relaxations) if not entries else engine.node_bounds(
+            network, lo, hi, "adaptive", given, reference=bounds, alphas=alphas, straight_through=True,
+            output_pass=False, ball=ball)  # without intermediate slopes the layer bounds stay the starting ones
         lower = engine.rows_lower(network, lo, hi, C, d, now, relax_now,
                                   {r: scatter_columns(shapes[r], cols[r], p) for r, p in rows.items()},
                                   straight_through=True, ball=ball)
