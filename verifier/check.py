@@ -13,13 +13,16 @@ check_io.py only) and trusts nothing the certificate says that it can recompute:
   they tile the box; a ReLU-split proof is a set of leaves (sign per split neuron) per disjunct that must form a
   complete binary tree (each subtree's leaves share a split neuron, both sides present, down to a leaf);
 - every leaf's bound is recomputed (no optimization): layer bounds by interval arithmetic intersected with the
-  pair's root bounds and back-substitution (CROWN: triangle upper line, adaptive lower slope), split neurons
-  clamped to their side; then each row of the disjunct by back-substitution with the stored lower slopes (alpha,
-  adaptive where none is stored) and split multipliers (beta >= 0). Every floating-point result is bounded
-  outwards: products and sums by np.nextafter, matrix products by gamma_n |A| |B| (gamma_n = n u / (1 - n u),
-  u = 2^-53) times a bound of the values they multiply, plus an absolute term for underflow. A leaf is proved
-  when some row of each disjunct it must rule out has a lower bound > 0 (strictly; the arithmetic is rigorous,
-  so no extra margin), or when its layer bounds cross (no input reaches it). MILP-decided leaves are trusted.
+  pair's root bounds (on input-split leaves, as the search, with forward symbolic bounds too: linear functions
+  of the input pushed forward) and back-substitution (CROWN: triangle upper line, adaptive lower slope), split
+  neurons clamped to their side; then each row of the disjunct by back-substitution with the stored lower slopes
+  (alpha, adaptive where none is stored) and split multipliers (beta >= 0) (on input-split leaves, the largest of
+  that and intervals: C W over the last layer's input bounds, C over the output's bounds). Every floating-point
+  result is bounded outwards: products and sums by np.nextafter, matrix products by gamma_n |A| |B| (gamma_n =
+  n u / (1 - n u), u = 2^-53) times a bound of the values they multiply, plus an absolute term for underflow. A
+  leaf is proved when some row of each disjunct it must rule out has a lower bound > 0 (strictly; the arithmetic
+  is rigorous, so no extra margin), or when its layer bounds cross (no input reaches it). MILP-decided leaves are
+  trusted.
 """
 from __future__ import annotations
 
@@ -125,15 +128,53 @@ def _relaxation(l: np.ndarray, u: np.ndarray) -> tuple:
         np.maximum(np.abs(l), np.abs(u))
 
 
+def _size(A: np.ndarray, c: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """A bound (B, k) of |A x + c| over the box: functions A (B, k, n), c (B, k); m = max(|lo|, |hi|) (B, n)."""
+    return _up(_up(np.einsum("bkn,bn->bk", np.abs(A), m)) * (1 + 4 * A.shape[2] * U) + np.abs(c))
+
+
+def _forward(W, b_lo, b_hi, low: tuple, upp: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple:
+    """Forward symbolic bounds of ``z = W h + b``: from linear functions of the input ``low <= h <= upp`` on the
+    box (each (A (B, n_h, n), c (B, n_h))), functions (A, c) below and above z, each moved outwards by the
+    rounding error of computing it (|W| times the size of the functions it combines), and their concretized
+    bounds (l, u) (B, n_z)."""
+    pos, neg = np.maximum(W, 0), np.minimum(W, 0)
+    m = np.maximum(np.abs(lo), np.abs(hi))
+    err = _err(np.maximum(_size(*low, m), _size(*upp, m)) @ np.abs(W).T, W.shape[1] + 2)
+    f_lo = (np.einsum("oi,bin->bon", pos, low[0]) + np.einsum("oi,bin->bon", neg, upp[0]),
+            _down(low[1] @ pos.T + upp[1] @ neg.T + b_lo - err))
+    f_hi = (np.einsum("oi,bin->bon", pos, upp[0]) + np.einsum("oi,bin->bon", neg, low[0]),
+            _up(upp[1] @ pos.T + low[1] @ neg.T + b_hi + err))
+    B, k, n = f_lo[0].shape
+    box = np.repeat(lo, k, 0), np.repeat(hi, k, 0)
+    l = _down(_dot_lower(f_lo[0].reshape(B * k, n), *box).reshape(B, k) + f_lo[1])
+    u = _up(f_hi[1] - _dot_lower(-f_hi[0].reshape(B * k, n), *box).reshape(B, k))
+    return f_lo, f_hi, l, u
+
+
+def _forward_relu(relax: tuple, f_lo: tuple, f_hi: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple:
+    """The functions below and above relu(z) from those of z: lower slope (adaptive: 0 or 1, exact) times the
+    lower one; the upper line ``s f_hi + t`` moved up by its rounding error."""
+    active, unstable, s, t, slope, _ = relax
+    keep = np.where(active, 1.0, np.where(unstable, slope, 0.0))
+    scale = np.where(active, 1.0, np.where(unstable, s, 0.0))
+    size = _size(*f_hi, np.maximum(np.abs(lo), np.abs(hi)))
+    upper = _up(f_hi[1] * scale + t + _err(scale * size + t, 2))
+    return (f_lo[0] * keep[..., None], f_lo[1] * keep), (f_hi[0] * scale[..., None], upper)
+
+
 def layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | None = None,
-                 root: list | None = None) -> tuple[list, np.ndarray]:
+                 root: list | None = None, forward: bool = False) -> tuple[list, np.ndarray]:
     """Pre-activation bounds [(l, u) (B, n_j)] of the ReLU layers over boxes lo, hi (B, n_inputs) (preprocessed),
     split neurons (sign +1 / -1) clamped to their side, intersected with root bounds [(l, u) (1 or B, n_j)];
-    and which leaves are empty (B,) (some l > u). Unstable entries are bounded by back-substitution."""
-    return _layer_bounds(chain, lo, hi, sign, root)[:2]
+    and which leaves are empty (B,) (some l > u). forward: intersected with forward symbolic bounds too (linear
+    functions of the input pushed through the layers: cheap and often tighter on boxes with few inputs, as input
+    splitting uses them). Entries still unstable are bounded by back-substitution."""
+    return _layer_bounds(chain, lo, hi, sign, root, forward)[:2]
 
 
-def _layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | None, root: list | None):
+def _layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | None, root: list | None,
+                  forward: bool = False):
     """`layer_bounds` and the cache `_backward` reads: "relax" [per ReLU layer `_relaxation`], "mW" [per layer
     `_magnitude` of its input]."""
     B, bounds, empty = lo.shape[0], [], np.zeros(lo.shape[0], dtype=bool)
@@ -143,6 +184,12 @@ def _layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | Non
         if not relu:
             break
         l, u = _interval(W, b_lo, b_hi, h_lo, h_hi)
+        if forward and j == 0:  # z = W x + b exactly: the functions are the layer itself
+            f_lo, f_hi = (np.broadcast_to(W, (B, *W.shape)), np.broadcast_to(b_lo, (B, len(b_lo)))), \
+                (np.broadcast_to(W, (B, *W.shape)), np.broadcast_to(b_hi, (B, len(b_hi))))
+        elif forward:
+            f_lo, f_hi, fl, fu = _forward(W, b_lo, b_hi, f_lo, f_hi, lo, hi)
+            l, u = np.maximum(l, fl), np.minimum(u, fu)
         if root is not None:
             l, u = np.maximum(l, root[j][0]), np.minimum(u, root[j][1])
         if j > 0:
@@ -158,22 +205,48 @@ def _layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | Non
         empty |= (l > u).any(1)
         bounds.append((l, u))
         cache["relax"].append(_relaxation(l, u))
+        if forward:
+            f_lo, f_hi = _forward_relu(cache["relax"][-1], f_lo, f_hi, lo, hi)
         h_lo, h_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
         if j + 1 < len(chain.layers):
             cache["mW"].append(_magnitude(chain.layers[j + 1][0], h_hi))
+    cache["h"] = (h_lo, h_hi)
+    if forward and not chain.layers[-1][3]:  # the output's bounds (for `_interval_rows`), as the ReLU layers'
+        W, b_lo, b_hi, _ = chain.layers[-1]
+        l, u = _forward(W, b_lo, b_hi, f_lo, f_hi, lo, hi)[2:]
+        il, iu = _interval(W, b_lo, b_hi, h_lo, h_hi)
+        n = W.shape[0]
+        rows, const = np.concatenate([np.tile(W, (B, 1)), -np.tile(W, (B, 1))]), np.concatenate([np.tile(b_lo, B),
+                                                                                                 -np.tile(b_hi, B)])
+        low = _backward(chain, len(chain.layers) - 2, rows, const, np.tile(np.repeat(np.arange(B), n), 2), cache,
+                        lo, hi).reshape(2, B, n)
+        cache["y"] = np.maximum(np.maximum(l, il), low[0]), np.minimum(np.minimum(u, iu), -low[1])
     return bounds, empty, cache
+
+
+def _interval_rows(chain: Chain, C: np.ndarray, d: np.ndarray, h: tuple, y: tuple | None) -> np.ndarray:
+    """Rigorous lower bounds (P,) of ``C y - d`` by intervals: ``C W`` over the last layer's input bounds h (h_lo,
+    h_hi (P, n_h)), and (given) C over the output's bounds y (P, n_out) (as the search intersects its bounds)."""
+    W, b_lo, b_hi, relu = chain.layers[-1]
+    if relu:  # the output is the ReLU of the last layer: its bounds are h's successors, not used here
+        return np.full(len(d), -np.inf)
+    CW = C @ W
+    err = _err(np.einsum("po,oh,ph->p", np.abs(C), np.abs(W), np.maximum(np.abs(h[0]), np.abs(h[1]))), W.shape[0] + 2)
+    bias = _dot_lower(C, np.broadcast_to(b_lo, C.shape), np.broadcast_to(b_hi, C.shape))
+    low = _down(_down(_dot_lower(CW, *h) + bias) - _up(d + err))
+    return low if y is None else np.maximum(low, _down(_dot_lower(C, *y) - d))
 
 
 def leaf_lower(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, *,
                sign: list | None = None, alpha: list | None = None, beta: list | None = None,
-               root: list | None = None, at: tuple | None = None) -> np.ndarray:
+               root: list | None = None, at: tuple | None = None, forward: bool = False) -> np.ndarray:
     """Rigorous lower bounds (B, M) of ``C_b f(x) - d_b`` over each leaf b: boxes lo, hi (B, n_inputs) (raw, as
     the property states them), rows C (B, M, n_out), d (B, M) (d = inf: padding); sign [(B, n_j)] split sides,
     alpha / beta [(B, M, n_j)] per ReLU layer (NaN alpha: adaptive); root: `layer_bounds` of a box holding them
     all. +inf for leaves no input reaches. at: boxes (lo, hi) inside lo, hi: the rows' linear bounds built on
-    lo, hi (valid there, so on any part) are minimized over these instead."""
+    lo, hi (valid there, so on any part) are minimized over these instead. forward: as `layer_bounds`'s."""
     lo, hi = _preprocess(chain, lo, hi)
-    bounds, empty, cache = _layer_bounds(chain, lo, hi, sign, root)
+    bounds, empty, cache = _layer_bounds(chain, lo, hi, sign, root, forward)
     if at is not None:
         lo, hi = _preprocess(chain, *at)
     B, M = d.shape
@@ -187,13 +260,18 @@ def leaf_lower(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: n
                 extra[name] = {j: a[b, m] for j, a in enumerate(arrays) if a is not None}
         top = len(chain.layers) - 1
         out[b, m] = _backward(chain, top, C[b, m], -d[b, m], b, cache, lo, hi, sign=sign, **extra)
+        if forward:  # input-split leaves: as the search, the rows' interval bounds too
+            y = None if "y" not in cache else (cache["y"][0][b], cache["y"][1][b])
+            h = cache["h"][0][b], cache["h"][1][b]
+            out[b, m] = np.maximum(out[b, m], _interval_rows(chain, C[b, m], d[b, m], h, y))
     out[~empty[:, None] & ~np.isfinite(d)] = -np.inf
     return out
 
 
 def root_bounds(chain: Chain, pair: dict) -> list:
     """`layer_bounds` of the pair's whole box (valid on every leaf: they only get intersected)."""
-    return layer_bounds(chain, *_preprocess(chain, pair["lo"][None], pair["hi"][None]))[0]
+    box = _preprocess(chain, pair["lo"][None], pair["hi"][None])
+    return layer_bounds(chain, *box, forward=pair.get("kind") == "input")[0]
 
 
 def box_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, root: list,
@@ -207,7 +285,7 @@ def box_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: n
         B = len(lo[s:s + batch])
         low = leaf_lower(chain, lo[s:s + batch], hi[s:s + batch], np.broadcast_to(C.reshape(1, K * M, -1),
                          (B, K * M, C.shape[2])), np.broadcast_to(d.reshape(1, -1), (B, K * M)), root=root,
-                         at=None if at is None else (at[0][s:s + batch], at[1][s:s + batch]))
+                         at=None if at is None else (at[0][s:s + batch], at[1][s:s + batch]), forward=True)
         out[s:s + batch] = low.reshape(B, K, M).max(2).min(1)
     again = np.flatnonzero(~(out > 0)) if parents is not None else []
     if len(again):

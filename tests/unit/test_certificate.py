@@ -207,6 +207,8 @@ def test_checker_bounds_are_below_the_exact_minimum(seed, tmp_path):
     beta = [rng.uniform(0, 2, (1, 2, w)) for w in widths]
     low = check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], alpha=alpha)[0]
     assert np.all(low <= exact)
+    # input-split leaves: forward symbolic layer bounds and the rows' interval bounds too
+    assert np.all(check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], forward=True)[0] <= exact)
     parts = check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], sign=sign, alpha=alpha, beta=beta)[0]
     flipped = [-s for s in sign]
     other = check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], sign=flipped, alpha=alpha, beta=beta)[0]
@@ -215,7 +217,10 @@ def test_checker_bounds_are_below_the_exact_minimum(seed, tmp_path):
     sub_hi = sub_lo + rng.uniform(0, 0.5, 3) * (hi - lo)
     on_part = check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], alpha=alpha, at=(sub_lo[None],
                                                                                                sub_hi[None]))[0]
-    assert np.all(on_part <= enumerate_bound(load_onnx(tmp_path / "n.onnx"), InputBox(sub_lo, sub_hi), C, -d))
+    exact_part = enumerate_bound(load_onnx(tmp_path / "n.onnx"), InputBox(sub_lo, sub_hi), C, -d)
+    assert np.all(on_part <= exact_part)
+    assert np.all(check.leaf_lower(chain, lo[None], hi[None], C[None], d[None], forward=True,
+                                   at=(sub_lo[None], sub_hi[None]))[0] <= exact_part)
 
 
 def test_cli_exit_codes(certs, tmp_path):
