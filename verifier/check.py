@@ -211,7 +211,7 @@ def _layer_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, sign: list | Non
         if j + 1 < len(chain.layers):
             cache["mW"].append(_magnitude(chain.layers[j + 1][0], h_hi))
     cache["h"] = (h_lo, h_hi)
-    if forward and not chain.layers[-1][3]:  # the output's bounds (for `_interval_rows`), as the ReLU layers'
+    if forward and bounds and not chain.layers[-1][3]:  # the output's bounds (`_interval_rows`), as the ReLU layers'
         W, b_lo, b_hi, _ = chain.layers[-1]
         l, u = _forward(W, b_lo, b_hi, f_lo, f_hi, lo, hi)[2:]
         il, iu = _interval(W, b_lo, b_hi, h_lo, h_hi)

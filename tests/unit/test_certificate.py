@@ -281,3 +281,12 @@ def test_milp_decided_disjuncts_are_trusted_leaves_the_checker_counts(tmp_path):
     stats = write_certificate(net, vnnlib, [(box, prop)], [trace], tmp_path / "c.npz")
     assert stats["written"] and stats["milp_trusted"] == 1
     assert check.check(model, vnnlib, tmp_path / "c.npz") == (stats["leaves"], 1)
+
+
+def test_forward_bounds_on_a_network_without_relu():
+    """One Gemm, no ReLU: input-split leaves get the exact interval value of the row (C W over the box)."""
+    W, b = np.array([[1.0, -2.0]]), np.array([0.5])
+    chain = check.Chain([], [(W, b, b, False)], 2)
+    lo, hi = np.array([[0.0, 0.0]]), np.array([[1.0, 1.0]])
+    low = check.leaf_lower(chain, lo, hi, np.ones((1, 1, 1)), np.array([[-2.0]]), forward=True)[0, 0]
+    assert 0.5 - 1e-12 <= low <= 0.5  # the row y + 2 = x0 - 2 x1 + 2.5: its minimum over the box is 0.5
