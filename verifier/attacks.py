@@ -30,7 +30,7 @@ from .spec import InputBall, InputBox, Property, SpecError, norm_name
 OUTPUT_LEAK = 0.01  # gradient slope below zero of an output ReLU: a dead output still points somewhere
 LEAK_ANNEAL = 0.8  # the hidden-ReLU gradient leak decays linearly to 0 at this fraction of the steps
 LEAK_SCALES = (0.0, 1.0, 3.0, 0.3)  # restarts r >= 1 cycle through leak times these (restart 0: true gradient)
-ROUND_STEP_SCALES = (1.0, 0.2)  # falsify's rounds cycle through step sizes times these
+ROUND_STEP_SCALES = (1.0, 5.0, 0.2)  # falsify's rounds cycle through step sizes times these (5: image nets)
 ROUND_WORK = 2 ** 23  # falsify's default restarts: about this many multiply-adds per network pass and step
 MAX_RESTARTS = 512
 BASE_STEPS, STEPS_PER_DOUBLING = 60, 15  # falsify's default steps: 60 for 5 inputs (ACAS Xu), ~170 for 784
@@ -409,14 +409,15 @@ def attack(network: Network, box: InputBox | InputBall, label: int, method: str 
 def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | None = None,
             steps: int | None = None, step_size: float = 0.1, final_step: float = 0.001, leak: float = 0.1,
             seed: int = 0, time_limit: float = 10.0, rounds: int | None = None, device="cpu", dtype=None,
-            check: bool = True) -> AttackResult:
+            check: bool = True, first_round: int = 0) -> AttackResult:
     """Search the box for a point whose outputs reach an unsafe conjunction of prop.
 
     Tries, in order: the box centre; the FGSM corner of each disjunct (gradient sign at the centre); then rounds
     of PGD, all disjuncts in one batch with `restarts` starts each, minimising the violation
     ``max_rows (C_k y - d_k)`` of each disjunct k. Round r uses seed + r; rounds continue until a point is
     confirmed, `rounds` rounds ran (None = no limit), or time_limit seconds passed; rounds alternate step sizes
-    (ROUND_STEP_SCALES). restarts/steps default to a size-dependent choice (ROUND_WORK, BASE_STEPS), tuned on
+    (ROUND_STEP_SCALES; first_round: the index to start from, so that a caller's successive short calls cycle
+    through them; round r then uses seed + first_round + r). restarts/steps default to a size-dependent choice (ROUND_WORK, BASE_STEPS), tuned on
     ACAS Xu and MNIST (benchmarks/attacks.py). value =
     ``prop.unsafe_value(f(x))`` of our float64 forward (<= 0: violated); success only once onnxruntime agrees
     and x lies in the box. Without a success, x is the point of least value seen.
@@ -466,8 +467,8 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
         found = consider(np.clip(corners.cpu().numpy().astype(np.float64), box.lo, box.hi), "fgsm")
     round_index = 0
     while found is None and time.perf_counter() < deadline and (rounds is None or round_index < rounds):
-        generator = torch.Generator().manual_seed(int(seed) + round_index)
-        size = ROUND_STEP_SCALES[round_index % len(ROUND_STEP_SCALES)]
+        generator = torch.Generator().manual_seed(int(seed) + first_round + round_index)
+        size = ROUND_STEP_SCALES[(first_round + round_index) % len(ROUND_STEP_SCALES)]
         x, _, _ = _pgd_core(forward, lo, hi, objective, objective, start=centre, norm="linf", radius=None,
                             restarts=restarts, steps=steps, step_size=step_size * size,
                             final_step=final_step * size, generator=generator, stop="any", leak=leak,
