@@ -29,8 +29,11 @@ import numpy as np
 import torch
 
 from . import check
+from .bounds.base import PROOF_MARGIN
 from .errors import UnsupportedNetwork
 from .network import Network
+
+CLIP_ROUNDS = 2  # rounds of bound tightening when a leaf is cut as the search clips boxes (as bab's clipping)
 
 
 def require_certifiable(network: Network) -> check.Chain:
@@ -123,13 +126,56 @@ def _input_tree(box, events: list) -> _Tree:
     return tree
 
 
-def _prove_input(chain: check.Chain, pair: dict, tree: _Tree, deadline: float) -> tuple[bool, int]:
-    """Bisect the tree's leaves the checker cannot prove until all are proved or the deadline passes.
-    Returns (all proved, leaves added)."""
+def _clip_cuts(network: Network, rows, tree: _Tree, leaves: list[int]) -> list[int]:
+    """Cut leaves as the search's clipping proves boxes (bab._Bounder._clip). With the
+    engine's linear bounds ``A x + c`` of the rows on a leaf's box, rounds of bound tightening (symbolic.clip)
+    give each disjunct the part of the box where all its rows can be <= PROOF_MARGIN; the slabs outside the hull
+    of those parts become leaves anchored at the box (on each, some row of every disjunct is > 0: the checker
+    minimizes the box's linear bounds over it). A disjunct whose part is empty is ruled out on both sides of a cut
+    between two of its crossed limits. Returns the leaves the clipping leaves to prove (the hulls' cores and the
+    pieces of empty parts)."""
+    from .bounds import symbolic
+
+    net = network.to("cpu", torch.float64)
+    lo, hi = (torch.tensor(np.array([side[i] for i in leaves])) for side in (tree.lo, tree.hi))
+    with torch.no_grad():
+        prop = symbolic.propagate(net, lo, hi, refine=True)
+        _, A, c, _ = rows.bound(net, lo, hi, prop.relaxations, prop.bounds)
+    K, n, out = rows.K, lo.shape[1], []
+    for b, origin in enumerate(leaves):
+        A_b, c_b, node = A[b].reshape(K, rows.M, n), (c[b] - PROOF_MARGIN).reshape(K, rows.M), origin
+        for _ in range(CLIP_ROUNDS):
+            box = torch.tensor(tree.lo[node]).expand(K, n), torch.tensor(tree.hi[node]).expand(K, n)
+            k_lo, k_hi, empty = symbolic.clip(*box, A_b, c_b, rounds=1)
+            if empty.all():
+                break
+            for j in range(n):  # cut the node down to the hull of the disjuncts' parts
+                if (p := float(k_lo[~empty, j].amin())) > tree.lo[node][j]:
+                    node = tree.cut(node, j, p, anchor=origin)[1]
+                if (p := float(k_hi[~empty, j].amax())) < tree.hi[node][j]:
+                    node = tree.cut(node, j, p, anchor=origin)[0]
+        if not empty.all():
+            out.append(node)
+            continue
+        pieces = [node]
+        for k in range(K):
+            j = int(torch.argmax(k_lo[k] - k_hi[k]))
+            p = float(k_lo[k, j] + k_hi[k, j]) / 2
+            pieces = [q for piece in pieces for q in (tree.cut(piece, j, p, anchor=origin)
+                                                      if tree.lo[piece][j] < p < tree.hi[piece][j] else (piece,))]
+        out += pieces
+    return out
+
+
+def _prove_input(network: Network, chain: check.Chain, pair: dict, rows, tree: _Tree, deadline: float
+                 ) -> tuple[bool, int]:
+    """Cut the tree's leaves the checker cannot prove, until all are proved or the deadline passes: first as the
+    search's clipping would (`_clip_cuts`), then, for leaves already clipped, by bisection along the widest
+    dimension. Returns (all proved, leaves added)."""
     C, d = check.padded(pair)
     root = check.root_bounds(chain, pair)
     width = np.maximum(pair["hi"] - pair["lo"], 1e-300)
-    todo, added = tree.leaves(), 0
+    todo, added, clipped = tree.leaves(), 0, set()
     while todo:
         parents = tuple(np.array([side[tree.anchor[i]] for i in todo]) for side in (tree.lo, tree.hi))
         lower = check.box_bounds(chain, np.array([tree.lo[i] for i in todo]), np.array([tree.hi[i] for i in todo]),
@@ -139,8 +185,14 @@ def _prove_input(chain: check.Chain, pair: dict, tree: _Tree, deadline: float) -
             return True, added
         if time.perf_counter() > deadline:
             return False, added
-        todo = []
+        fresh = [i for i in failing if i not in clipped]
+        before = len(tree.lo)
+        clipped.update(fresh + (_clip_cuts(network, rows, tree, fresh) if fresh else []))  # cores: bisect next
+        todo = [i for i in fresh if tree.left[i] < 0] + [i for i in range(before, len(tree.lo)) if tree.left[i] < 0]
+        added += (len(tree.lo) - before) // 2
         for i in failing:
+            if i in fresh:
+                continue
             dim = int(np.argmax((tree.hi[i] - tree.lo[i]) / width))
             mid = (tree.lo[i][dim] + tree.hi[i][dim]) / 2
             if not tree.lo[i][dim] < mid < tree.hi[i][dim]:
@@ -297,11 +349,13 @@ def write_certificate(network: Network, vnnlib_path, pairs: list, traces: list, 
                 "d": [d for _, d in prop.disjuncts], "kind": trace.get("kind", "relu")}
         if pair["kind"] == "input":
             tree = _input_tree(box, trace["events"])
-            ok, added = _prove_input(chain, pair, tree, deadline)
+            from .bab import _Rows
+
+            ok, added = _prove_input(network, chain, pair, _Rows.of(prop, chain.n_outputs), tree, deadline)
             stats["refined"] += added
             pair.update(tree.arrays())
             if not ok:
-                stats.update(why=f"pair {i}: {added} bisections did not let the checker prove every leaf in time",
+                stats.update(why=f"pair {i}: {added} cuts did not let the checker prove every leaf in time",
                              seconds=round(time.perf_counter() - start, 3))
                 return stats
             stats["leaves"] += len(tree.leaves())  # every leaf box (derived as the checker derives it) proved
