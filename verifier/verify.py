@@ -34,6 +34,7 @@ from .vnnlib import parse_vnnlib
 RESULT_WORDS = {HOLDS: "unsat", VIOLATED: "sat", UNKNOWN: "unknown", TIMEOUT: "timeout"}
 INPUT_SPLIT_MAX_INPUTS = 16  # input splitting pays off only while a box has few dimensions to bisect
 QUICK_FALSIFY = 0.3  # seconds of PGD before any bound (at most 10% of the timeout)
+EARLY_ATTACK_AFTER = 0.1  # an adaptive dual pass slower than this (conv nets): a falsification round before alpha
 SIDE_ATTACK_FIRST, SIDE_ATTACK_SECONDS = 0.5, 1.0  # falsification during input splitting: first at 0.5 s, <= 1 s
 OPT_SHARE = 0.25  # the optimized dual pass stops its iterations after this share of the time left
 
@@ -145,10 +146,17 @@ class _SideAttack:
 def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace=None) -> Verdict:
     """Dual passes (adaptive, then optimized slopes), then ReLU branch and bound (falsification rounds beside it)."""
     open_ = list(range(len(prop.disjuncts)))
+    side_attack = _SideAttack(network, box, prop, seed, deadline, first=0.0)
     # (phase, slopes, seconds it must have left to start)
     for name, slopes, needs in (("dual_adaptive", "adaptive", 0.0), ("dual_opt", "opt", 1.0)):
         if deadline - time.perf_counter() <= needs:
             return Verdict(TIMEOUT, None, stats)
+        if name == "dual_opt" and stats["phases"]["dual_adaptive"] > EARLY_ATTACK_AFTER:
+            t0 = time.perf_counter()  # an expensive net: its optimized pass takes long; a falsification round first
+            x = side_attack(0.0)
+            phase("falsify", t0)
+            if x is not None and (found := checker(box, prop, x)) is not None:
+                return Verdict(VIOLATED, found, stats)
         t0 = time.perf_counter()
         limit = None if slopes != "opt" else OPT_SHARE * (deadline - time.perf_counter())
         open_, layer_bounds = _open_disjuncts(network, box, prop, open_, slopes, limit)
@@ -159,7 +167,7 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase,
     t0 = time.perf_counter()
     result = bab.relu_split(network, box, prop, open_, deadline=deadline, layer_bounds=layer_bounds,
                             confirm=lambda x: checker(box, prop, x) is not None,
-                            side_attack=_SideAttack(network, box, prop, seed, deadline, first=0.0), trace=trace)
+                            side_attack=side_attack, trace=trace)
     phase("relu_split", t0)
     return _from_bab(result, box, prop, checker, stats)
 
