@@ -414,11 +414,11 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
 
     Tries, in order: the box centre; the FGSM corner of each disjunct (gradient sign at the centre); then rounds
     of PGD, all disjuncts in one batch with `restarts` starts each, minimising the violation
-    ``max_rows (C_k y - d_k)`` of each disjunct k. Round r uses seed + r; rounds continue until a point is
-    confirmed, `rounds` rounds ran (None = no limit), or time_limit seconds passed; rounds alternate step sizes
-    (ROUND_STEP_SCALES; first_round: the index to start from, so that a caller's successive short calls cycle
-    through them; round r then uses seed + first_round + r). restarts/steps default to a size-dependent choice (ROUND_WORK, BASE_STEPS), tuned on
-    ACAS Xu and MNIST (benchmarks/attacks.py). value =
+    ``max_rows (C_k y - d_k)`` of each disjunct k. Round r uses seed + first_round + r; rounds continue until a
+    point is confirmed, `rounds` rounds ran (None = no limit), or time_limit seconds passed; rounds cycle through
+    step sizes (ROUND_STEP_SCALES, from index first_round: a caller's successive short calls cycle too).
+    restarts/steps default to a size-dependent choice (ROUND_WORK, BASE_STEPS), tuned on ACAS Xu and MNIST
+    (benchmarks/attacks.py). value =
     ``prop.unsafe_value(f(x))`` of our float64 forward (<= 0: violated); success only once onnxruntime agrees
     and x lies in the box. Without a success, x is the point of least value seen.
     """

@@ -10,12 +10,12 @@ proof:
   box clipping becomes cuts too (the clipped-off slabs are leaves the checker bounds itself);
 - kind "relu" (ReLU splitting): ``neurons`` (N, 2) (ReLU layer, neuron) the splittable neurons; per leaf
   ``splits`` (L, N) int8 sides, ``disjunct`` (L,), ``alpha`` (L, M, N) float32 lower slopes (NaN: the checker's
-  adaptive one), ``beta`` (L, M, N) float32 split multipliers and ``trusted`` (L,) (decided by a solver: the MILP, or the LP of a linear region). Disjuncts
-  the dual passes ruled out are root leaves without slopes.
+  adaptive one), ``beta`` (L, M, N) float32 split multipliers and ``trusted`` (L,) (decided by a solver: the MILP,
+  or the LP of a linear region). Disjuncts the dual passes ruled out are root leaves without slopes.
 
 The writer checks every leaf with the checker's own functions before writing: an input-split leaf the checker
-cannot prove (its bounds differ from the engine's: other intermediate slopes, outward rounding) is bisected
-further until it can or time runs out; a ReLU-split leaf the checker cannot prove gets its slopes and
+cannot prove (a box the search clipped to nothing; outward rounding) is cut as the search's clipping proves boxes,
+then bisected, until it can or time runs out; a ReLU-split leaf the checker cannot prove gets its slopes and
 multipliers optimized again (the engine, against the checker's layer bounds). If some leaf still fails, nothing
 is written: the verdict stays "holds" and stats say why. Only dense ReLU chains are supported.
 """

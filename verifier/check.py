@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 
 if __package__:
-    from .check_io import (BadInput, Chain, FORMAT, Invalid, VERSION, covered, leaf_boxes, load_certificate, padded, read_onnx, read_vnnlib, \
-        relu_coverage, sha256)  # noqa: F401 (the checker's API)
+    from .check_io import (FORMAT, VERSION, BadInput, Chain, Invalid, covered, leaf_boxes,  # noqa: F401 (API)
+                           load_certificate, padded, read_onnx, read_vnnlib, relu_coverage, sha256)
     from .check_io import down as _down, preprocess as _preprocess, up as _up
 else:  # run as a file, `python check.py MODEL P CERT` beside check_io.py: numpy and onnx only, no torch
-    from check_io import (BadInput, Chain, FORMAT, Invalid, VERSION, covered, leaf_boxes, load_certificate, padded, read_onnx, read_vnnlib, \
-        relu_coverage, sha256)  # noqa: F401
+    from check_io import (FORMAT, VERSION, BadInput, Chain, Invalid, covered, leaf_boxes,  # noqa: F401
+                          load_certificate, padded, read_onnx, read_vnnlib, relu_coverage, sha256)
     from check_io import down as _down, preprocess as _preprocess, up as _up
 
 U = 2.0 ** -53
@@ -278,7 +278,8 @@ def box_bounds(chain: Chain, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: n
                parents: tuple | None = None, batch: int = 256, at: tuple | None = None) -> np.ndarray:
     """Per box (B,) the worst disjunct's best row lower bound: rows C (K, M, n_out), d (K, M) (padded). parents:
     boxes (lo, hi) holding them: a box whose own bound is not > 0 gets that box's linear bounds minimized over it
-    (the search's clipping proves slabs that way, from an ancestor's bounds), whichever is larger. at: as `leaf_lower`'s."""
+    (the search's clipping proves slabs that way, from an ancestor's bounds), whichever is larger. at: as
+    `leaf_lower`'s."""
     K, M = d.shape
     out = np.empty(len(lo))
     for s in range(0, len(lo), batch):

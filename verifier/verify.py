@@ -11,7 +11,8 @@ Phases (`verify`): a short falsification (PGD, attacks.falsify); then, for netwo
 (<= INPUT_SPLIT_MAX_INPUTS, e.g. ACAS Xu), input-splitting branch and bound (bab.input_split: its root bound is
 the dual/CROWN bound of the whole box; it checks candidate points as it splits, and a full falsification runs
 beside it now and then); for larger inputs the dual pass with adaptive then optimized slopes (the latter stops
-after OPT_SHARE of the time left), then branch and bound on ReLUs (bab.relu_split: the optimized, batched search
+after OPT_SHARE of the time left; on nets whose adaptive pass takes over EARLY_ATTACK_AFTER, one falsification
+round first), then branch and bound on ReLUs (bab.relu_split: the optimized, batched search
 of relu_bab.py with falsification rounds beside it, then the MILP for what it cannot split further). Any network
 graph (convolutions, pooling, residual blocks) takes the same path.
 """
