@@ -160,3 +160,17 @@ def test_milp_with_a_time_limit_stays_sound_on_graphs(graph):
     given = milp.bound(graph, box, C, d, layer_bounds=bounds, time_limit=1.0, objective="min")
     assert np.all(given.lower >= dual.bound(graph, box, C, d, layer_bounds=bounds, slopes="adaptive").lower - 1e-9)
     assert given.lower.min() <= (graph.forward(samples(box, rng)) @ C.T + d).min() + 1e-9
+
+
+def test_interior_point_and_simplex_give_the_same_lp_bound(graph, monkeypatch):
+    """Large LPs go to HiGHS's interior-point solver (solvers.IPM_ABOVE); forced on these small ones, its
+    re-derived bounds equal the warm-started simplex's (the same LP optimum, both re-derived soundly)."""
+    from verifier import solvers
+
+    _, box, C, d = problem(graph, 5, 0.05)
+    simplex = lp.bound(graph, box, C, d)
+    monkeypatch.setattr(solvers, "IPM_ABOVE", 0)
+    ipm = lp.bound(graph, box, C, d)
+    assert all(s == "optimal" for s in ipm.info["status"])
+    np.testing.assert_allclose(ipm.info["objective"], simplex.info["objective"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ipm.lower, simplex.lower, rtol=1e-6, atol=1e-6)
