@@ -99,7 +99,11 @@ class _Rows:
     def terms(self, terms: list[tuple[np.ndarray, object]], rhs: np.ndarray) -> np.ndarray:
         """Append rows r = 0..m-1 that hold, per term (columns (m,), values (m,) or a scalar), values[r] at
         columns[r]; returns their indices."""
-        return self.add(sum(_picks(c, self.n, v) for c, v in terms), rhs)
+        m = terms[0][0].size  # one COO build (duplicates summed) rather than a CSR per term added up
+        rows = np.tile(np.arange(m), len(terms))
+        cols = np.concatenate([c for c, _ in terms])
+        data = np.concatenate([np.broadcast_to(np.asarray(v, dtype=np.float64), (m,)) for _, v in terms])
+        return self.add(sp.csr_matrix((data, (rows, cols)), shape=(m, self.n)), rhs)
 
     def matrix(self) -> tuple[sp.csr_matrix, np.ndarray]:
         if not self.blocks:
