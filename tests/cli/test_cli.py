@@ -11,22 +11,8 @@ import onnx
 import pytest
 
 from verifier.cli import main
-from verifier.network import random_network
-from verifier.onnx import save_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def model(tmp_path) -> Path:
-    net = random_network([6, 10, 8, 3], np.random.default_rng(3))
-    path = tmp_path / "net.onnx"
-    save_onnx(net, path)
-    rng = np.random.default_rng(4)
-    x = rng.uniform(size=(5, 6))
-    np.savez(tmp_path / "data.npz", x=x, y=net.forward(x).argmax(axis=1))
-    np.save(tmp_path / "x.npy", x[0])
-    return path
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:

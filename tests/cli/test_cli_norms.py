@@ -9,21 +9,9 @@ import numpy as np
 import pytest
 
 from verifier.cli import main
-from verifier.network import random_network
-from verifier.onnx import save_onnx
 from verifier.spec import ball
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def model(tmp_path) -> Path:
-    net = random_network([6, 10, 8, 3], np.random.default_rng(3))
-    path = tmp_path / "net.onnx"
-    save_onnx(net, path)
-    x = np.random.default_rng(4).uniform(size=(4, 6))
-    np.savez(tmp_path / "data.npz", x=x, y=net.forward(x).argmax(axis=1))
-    return path
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
