@@ -37,6 +37,9 @@ MIN_RELATIVE_WIDTH = 1e-10  # a box this thin (relative to the root) and still o
 MILP_MAX_SPLITTABLE = 1000  # relu_split hands over to the MILP only with at most this many root-unstable ReLUs
 MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-split search (1: only for what the
 # search leaves stuck; measured on MNIST 256x2 at 30 s: the search alone answers 30/30, 48 s in all)
+REFINE_AFTER = 0.1  # relu_split searches alone for this share of its time; still open, with at least
+REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds by MILP (bounds/refine.py) for
+REFINE_SHARE = 0.5  # at most this share of the time left, then searches again from the refined root
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,13 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
        bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's).
-    2. When the network is small enough for the MILP to pay (at most MILP_MAX_SPLITTABLE root-unstable ReLUs) and
+       When the network is small enough for the MILP to pay (at most MILP_MAX_SPLITTABLE root-unstable ReLUs), no
+       certificate is asked for (trace None), the time left after REFINE_AFTER of it is at least
+       REFINE_MIN_SECONDS and the search is still open then, the root's layer bounds are refined by MILP (`refine.milp_layer_bounds`:
+       neurons proved stable are never split) for at most REFINE_SHARE of the time left, and the search starts
+       again from the refined root (measured on MNIST 256x4 prop_11 eps 0.05: the search alone undecided after
+       150 s; refining 155 s made 33 of 168 splittable neurons stable, and the search then took 3.2 s).
+    2. When the network is small enough for the MILP to pay and
        phase 1 has run for `milp_after` of the time (or ended with domains it cannot split further: "stuck"),
        the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):
        single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP deciding
@@ -291,10 +300,26 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
     if trace is not None:
         trace.update(open=open_, closed=[], milp=[])
-    result = search(network, lo, hi, rows, root, deadline=phase1_end, side_attack=side_attack,
-                    check=lambda points: _check_candidates(network, rows, points, confirm)[0],
-                    closed=None if trace is None else trace["closed"])
+    refine = use_milp and trace is None and (1 - REFINE_AFTER) * (deadline - start) >= REFINE_MIN_SECONDS
+    first_end = min(start + REFINE_AFTER * (deadline - start), phase1_end) if refine else phase1_end
+
+    def run(root: dict, until: float):
+        return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,
+                      check=lambda points: _check_candidates(network, rows, points, confirm)[0],
+                      closed=None if trace is None else trace["closed"])
+
+    result = run(root, first_end)
     stats = dict(result.stats)
+    if refine and result.status == "open":
+        from .bounds.refine import milp_layer_bounds
+
+        now = time.perf_counter()
+        layer_bounds, stats["refine"] = milp_layer_bounds(network, box, layer_bounds,
+                                                          deadline=now + REFINE_SHARE * (deadline - now))
+        result = run(by_node(network, layer_bounds), phase1_end)
+        stats.update({key: value for key, value in result.stats.items() if key not in ("domains", "bound_calls")},
+                     domains=stats["domains"] + result.stats["domains"],
+                     bound_calls=stats["bound_calls"] + result.stats["bound_calls"])
     if result.status == "violated":
         return BabResult(VIOLATED, result.x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     if result.status == "holds":

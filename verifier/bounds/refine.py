@@ -1,0 +1,162 @@
+"""MILP-refined layer bounds: settle the sign of unstable ReLU inputs one MILP each, before a ReLU-split search.
+
+A branch and bound splits every neuron its layer bounds leave unstable, and each one it needlessly splits doubles
+part of the tree. Layer bounds from bound propagation (alpha-CROWN, or the triangle LP, which equals it here) leave
+unstable many neurons that are stable on the box; the exact bound of a pre-activation over the box is a MILP over
+the ReLUs before it (few binaries for the second and third layers of a small MLP). α,β-CROWN's "bab-refine" runs
+such MILPs before its search on MNIST MLPs; this is that step, done with HiGHS.
+
+For each ReLU node after the first (in order, so each layer's MILP uses the refined bounds of the layers before
+it), the unstable entries (l < 0 < u) are taken one at a time, those closest to stable first. A sign that a known
+point of the box already shows (the box's centre, random points, the points the MILPs find) cannot be proved
+impossible: an entry seen on both sides is left as it is, so most entries cost no MILP. Otherwise one MILP (the
+big-M encoding of `encode`, built once per layer) asks "is this pre-activation > 0 everywhere" (or "< 0") with a
+cutoff just above 0, within `neuron_seconds`:
+- pruned (no point at or below the cutoff): the neuron is stable; its bound moves to the cutoff's side of 0;
+- time limit: the solver's proven bound still tightens l (or u) (capped at the cutoff: a proven bound under a
+  cutoff constraint is a bound of the true minimum only up to the cutoff);
+- a point below the cutoff: kept, it shows that sign for every later entry too.
+The solver's bound counts only through `milp._read`, which rejects a bound above our float64 value at the solver's
+own point (DESIGN.md rule 2), as for every MILP here.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .. import solvers
+from ..network import Network
+from ..spec import InputBox
+from . import encode, engine
+from .encode import relus_up_to
+from .interval import relu_inputs
+from .milp import _cutoff, _read
+
+NEURON_SECONDS = 2.0  # time limit of one neuron's MILP
+STEPS = 20  # signed-gradient steps of the search for points that show each entry's signs
+
+
+def pre_activations(network: Network, x: np.ndarray) -> list[np.ndarray]:
+    """The inputs of every ReLU node (in `network.relu_nodes` order) at the points x (P, n_inputs): [(P, w_i)]."""
+    values = []
+
+    def record(h: torch.Tensor, _is_output: bool) -> torch.Tensor:
+        values.append(h.reshape(h.shape[0], -1).numpy().copy())
+        return torch.relu(h)
+
+    with torch.no_grad():
+        network.to("cpu", torch.float64).forward_torch(torch.as_tensor(np.asarray(x, np.float64)), record)
+    return values[:len(network.relu_nodes)]
+
+
+def extreme_points(network: Network, box: InputBox, steps: int = STEPS, seed: int = 0) -> np.ndarray:
+    """Points of the box (2 E, n_inputs), E = the ReLU inputs' entries in all: per entry, one point that tries to
+    minimize it and one to maximize it (projected signed-gradient steps from random starts, step size a tenth of
+    the box's half-width)."""
+    net = network.to("cpu", torch.float64)
+    lo, hi = (torch.tensor(x, dtype=torch.float64) for x in (box.lo, box.hi))
+    widths = [int(np.prod(net.nodes[r].op.out_shape)) for r in net.relu_nodes]
+    E = sum(widths)
+    side = torch.cat([-torch.ones(E), torch.ones(E)]).double()  # -1: minimize, +1: maximize
+    entry = torch.arange(2 * E) % E
+    generator = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(2 * E, lo.numel(), generator=generator, dtype=torch.float64)
+    step = (hi - lo) / 20
+    for _ in range(steps):
+        x.requires_grad_(True)
+        values = []
+
+        def record(h: torch.Tensor, _is_output: bool) -> torch.Tensor:
+            values.append(h.reshape(h.shape[0], -1))
+            return torch.relu(h)
+
+        net.forward_torch(x, record)
+        pre = torch.cat(values[:len(widths)], 1)
+        objective = (side * pre[torch.arange(2 * E), entry]).sum()
+        grad, = torch.autograd.grad(objective, x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x + step * grad.sign(), lo), hi)
+    return x.detach().numpy()
+
+
+def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> None:
+    """Intersect bounds[t:] (in place) with the adaptive pass's, the bounds before t given (as refined)."""
+    nodes = relu_inputs(network)
+    given = {k: tuple(torch.as_tensor(x).reshape(1, *network.nodes[k].op.out_shape) for x in bounds[i])
+             for i, k in enumerate(nodes[:t])}
+    reference = {k: tuple(torch.as_tensor(x).reshape(1, *network.nodes[k].op.out_shape) for x in bounds[i])
+                 for i, k in enumerate(nodes) if i >= t}
+    lo, hi = (torch.tensor(x, dtype=torch.float64).reshape(1, -1) for x in (box.lo, box.hi))
+    new, _ = engine.node_bounds(network.to("cpu", torch.float64), lo, hi, "adaptive", given, reference=reference,
+                                output_pass=False)
+    for i, k in enumerate(nodes[t:], start=t):
+        l, u = (x.reshape(-1).numpy() for x in new[k])
+        bounds[i] = (np.maximum(bounds[i][0], l), np.minimum(bounds[i][1], u))
+
+
+def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float,
+                      neuron_seconds: float = NEURON_SECONDS, points: np.ndarray | None = None,
+                      seed: int = 0) -> tuple[list, dict]:
+    """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
+    after the first settled by MILP where the time (deadline: time.perf_counter()) allows (module docstring).
+    points (P, n_inputs): known points of the box (an attack's) that rule out signs. Returns (bounds, info:
+    "milps", "stabilized", "tightened" (entries with a better bound, stabilized ones included), "skipped" (both
+    signs seen at known points), "unstable_before" / "unstable_after" per ReLU node, "seconds")."""
+    start = time.perf_counter()
+    bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
+    known = [box.center[None], extreme_points(network, box, seed=seed)]
+    if points is not None:
+        known.append(np.clip(np.atleast_2d(np.asarray(points, np.float64)), box.lo, box.hi))
+    seen = pre_activations(network, np.concatenate(known))
+    lowest = [v.min(0) for v in seen]  # per ReLU node: the smallest / largest value seen at a point
+    highest = [v.max(0) for v in seen]
+    n_relus = len(network.relu_nodes)
+    unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
+    info = {"milps": 0, "stabilized": 0, "tightened": 0, "skipped": 0, "unstable_before": unstable}
+    threshold = _cutoff(0.0)
+    for t, k in enumerate(relu_inputs(network)[:n_relus]):
+        if not relus_up_to(network, k) or time.perf_counter() > deadline:
+            continue  # the first layer is a linear function of the box: exact already
+        if info["tightened"]:  # the layers before got tighter: so do this one's bounds by a pass
+            _tighten_by_pass(network, box, bounds, t)
+        l, u = bounds[t]
+        open_ = np.flatnonzero((l < 0) & (u > 0))
+        if open_.size == 0:
+            continue
+        problem, layout = encode.build_problem(network, box, bounds, k, "bigm")
+        model = solvers.open_model(problem, highs_options=solvers.MILP_QUICK)
+        M, c = layout.value
+        for i in open_[np.argsort(np.minimum(-l[open_], u[open_]) / (u[open_] - l[open_]))]:
+            # side +1: zh_i > 0 everywhere (impossible once a point had zh_i <= 0); side -1: zh_i < 0 everywhere
+            sides = [s for s, shown in ((1.0, lowest[t][i] <= 0), (-1.0, highest[t][i] >= 0)) if not shown]
+            if not sides:
+                info["skipped"] += 1
+                continue
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            side = min(sides, key=lambda s: u[i] if s < 0 else -l[i])  # the nearer to stable
+            cost = side * M[i].toarray().reshape(-1)
+            result = model.solve(cost, side * float(c[i]), time_limit=min(neuron_seconds, left), cutoff=threshold)
+            info["milps"] += 1
+            at_point = None
+            if result.x is not None:
+                x = np.clip(result.x[:network.n_inputs], box.lo, box.hi)
+                values = pre_activations(network, x[None])
+                for j, v in enumerate(values):
+                    lowest[j], highest[j] = np.minimum(lowest[j], v[0]), np.maximum(highest[j], v[0])
+                at_point = side * float(values[t][0, i])
+            _, proven, _ = _read(result, threshold, at_point)
+            if not np.isfinite(proven):
+                continue
+            proven = min(proven, threshold)
+            if side > 0 and proven > l[i]:
+                l[i], info["tightened"] = proven, info["tightened"] + 1
+            elif side < 0 and -proven < u[i]:
+                u[i], info["tightened"] = -proven, info["tightened"] + 1
+            info["stabilized"] += int(l[i] >= 0 or u[i] <= 0)
+    info["unstable_after"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
+    info["seconds"] = round(time.perf_counter() - start, 3)
+    return bounds, info
