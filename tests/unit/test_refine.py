@@ -72,7 +72,7 @@ def test_extreme_points_reach_the_range_ends_on_a_linear_layer():
     rng = np.random.default_rng(3)
     net = random_network([4, 6, 3], rng)
     box = InputBox(-np.ones(4), np.ones(4))
-    points = extreme_points(net, box)
+    points = extreme_points(net, box, np.arange(6))
     assert points.shape == (2 * 6, 4) and np.all(points >= box.lo) and np.all(points <= box.hi)
     values = pre_activations(net, points)[0]  # (12, 6)
     W, b = net.affines[0].weight, net.affines[0].bias

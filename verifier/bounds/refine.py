@@ -12,9 +12,10 @@ point of the box already shows (the box's centre, random points, the points the 
 impossible: an entry seen on both sides is left as it is, so most entries cost no MILP. Otherwise one MILP (the
 big-M encoding of `encode`, built once per layer) asks "is this pre-activation > 0 everywhere" (or "< 0") with a
 cutoff just above 0, within `neuron_seconds`:
-- pruned (no point at or below the cutoff): the neuron is stable; its bound moves to the cutoff's side of 0;
-- time limit: the solver's proven bound still tightens l (or u) (capped at the cutoff: a proven bound under a
-  cutoff constraint is a bound of the true minimum only up to the cutoff);
+- pruned (no point at or below the cutoff): the neuron is stable; its bound moves to 0 (l := 0 or u := 0: the
+  cutoff's margin left to the solver's tolerance);
+- time limit: the solver's proven bound still tightens l (or u) (capped at 0: a proven bound under a cutoff
+  constraint is a bound of the true minimum only up to the cutoff);
 - a point below the cutoff: kept, it shows that sign for every later entry too.
 The solver's bound counts only through `milp._read`, which rejects a bound above our float64 value at the solver's
 own point (DESIGN.md rule 2), as for every MILP here.
@@ -35,7 +36,7 @@ from .interval import relu_inputs
 from .milp import _cutoff, _read
 
 NEURON_SECONDS = 2.0  # time limit of one neuron's MILP
-STEPS = 20  # signed-gradient steps of the search for points that show each entry's signs
+STEPS = 20  # signed-gradient steps of the search for points that show each unstable entry's signs
 
 
 def pre_activations(network: Network, x: np.ndarray) -> list[np.ndarray]:
@@ -51,20 +52,19 @@ def pre_activations(network: Network, x: np.ndarray) -> list[np.ndarray]:
     return values[:len(network.relu_nodes)]
 
 
-def extreme_points(network: Network, box: InputBox, steps: int = STEPS, seed: int = 0) -> np.ndarray:
-    """Points of the box (2 E, n_inputs), E = the ReLU inputs' entries in all: per entry, one point that tries to
-    minimize it and one to maximize it (projected signed-gradient steps from random starts, step size a tenth of
-    the box's half-width)."""
+def extreme_points(network: Network, box: InputBox, entries: np.ndarray, steps: int = STEPS, seed: int = 0
+                   ) -> np.ndarray:
+    """Points of the box (2 E, n_inputs) for E entries (indices into the ReLU nodes' inputs concatenated, flat, in
+    `network.relu_nodes` order): per entry, one point that tries to minimize it and one to maximize it (projected
+    signed-gradient steps from random starts, a tenth of the box's half-width each)."""
     net = network.to("cpu", torch.float64)
     lo, hi = (torch.tensor(x, dtype=torch.float64) for x in (box.lo, box.hi))
-    widths = [int(np.prod(net.nodes[r].op.out_shape)) for r in net.relu_nodes]
-    E = sum(widths)
+    E = len(entries)
+    entry = torch.as_tensor(np.asarray(entries), dtype=torch.long).repeat(2)
     side = torch.cat([-torch.ones(E), torch.ones(E)]).double()  # -1: minimize, +1: maximize
-    entry = torch.arange(2 * E) % E
     generator = torch.Generator().manual_seed(seed)
     x = lo + (hi - lo) * torch.rand(2 * E, lo.numel(), generator=generator, dtype=torch.float64)
-    step = (hi - lo) / 20
-    for _ in range(steps):
+    for _ in range(steps if E else 0):
         x.requires_grad_(True)
         values = []
 
@@ -73,11 +73,10 @@ def extreme_points(network: Network, box: InputBox, steps: int = STEPS, seed: in
             return torch.relu(h)
 
         net.forward_torch(x, record)
-        pre = torch.cat(values[:len(widths)], 1)
-        objective = (side * pre[torch.arange(2 * E), entry]).sum()
-        grad, = torch.autograd.grad(objective, x)
+        pre = torch.cat(values[:len(net.relu_nodes)], 1)
+        grad, = torch.autograd.grad((side * pre[torch.arange(2 * E), entry]).sum(), x)
         with torch.no_grad():
-            x = torch.minimum(torch.maximum(x + step * grad.sign(), lo), hi)
+            x = torch.minimum(torch.maximum(x + (hi - lo) / 20 * grad.sign(), lo), hi)
     return x.detach().numpy()
 
 
@@ -106,13 +105,14 @@ def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, de
     signs seen at known points), "unstable_before" / "unstable_after" per ReLU node, "seconds")."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
-    known = [box.center[None], extreme_points(network, box, seed=seed)]
+    n_relus = len(network.relu_nodes)
+    entries = np.flatnonzero(np.concatenate([(l < 0) & (u > 0) for l, u in bounds[:n_relus]]))
+    known = [box.center[None], extreme_points(network, box, entries, seed=seed)]
     if points is not None:
         known.append(np.clip(np.atleast_2d(np.asarray(points, np.float64)), box.lo, box.hi))
     seen = pre_activations(network, np.concatenate(known))
     lowest = [v.min(0) for v in seen]  # per ReLU node: the smallest / largest value seen at a point
     highest = [v.max(0) for v in seen]
-    n_relus = len(network.relu_nodes)
     unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
     info = {"milps": 0, "stabilized": 0, "tightened": 0, "skipped": 0, "unstable_before": unstable}
     threshold = _cutoff(0.0)
@@ -151,7 +151,8 @@ def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, de
             _, proven, _ = _read(result, threshold, at_point)
             if not np.isfinite(proven):
                 continue
-            proven = min(proven, threshold)
+            proven = min(proven, 0.0)  # stable at 0 (a cutoff-wide margin for the solver's tolerance); and a
+            # bound proven under the cutoff constraint bounds the true minimum only up to the cutoff
             if side > 0 and proven > l[i]:
                 l[i], info["tightened"] = proven, info["tightened"] + 1
             elif side < 0 and -proven < u[i]:
