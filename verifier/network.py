@@ -269,6 +269,17 @@ class Network:
                 values.append(node.op.forward(*args))
         return values[self._output].reshape(x.shape[0], -1)
 
+    def relu_inputs_torch(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The inputs of every ReLU node (`relu_nodes` order) at inputs x (N, n_inputs): [(N, w_i)], differentiable."""
+        values = []
+
+        def record(h: torch.Tensor, _is_output: bool) -> torch.Tensor:
+            values.append(h.reshape(h.shape[0], -1))
+            return torch.relu(h)
+
+        self.forward_torch(x, record)
+        return values
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Outputs for x of shape (n_inputs,) or input_shape -> (n_outputs,); (N, ...) -> (N, n_outputs); float64."""
         x = np.asarray(x, dtype=np.float64)

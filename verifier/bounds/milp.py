@@ -40,14 +40,9 @@ OBJECTIVES = ("rows", "min", "min-selector")
 def full_point(network: Network, layout: encode.Layout, n_vars: int, x: np.ndarray) -> np.ndarray:
     """The MILP's variable vector (n_vars,) for input x (n_inputs,): the network's own forward, read off at each ReLU
     node of the problem (pre-activations, activations, and the indicators of its unstable neurons)."""
-    pre = []
-
-    def record(h: torch.Tensor, _is_output: bool) -> torch.Tensor:
-        pre.append(h.reshape(-1).numpy().copy())
-        return torch.relu(h)
-
     with torch.no_grad():
-        network.forward_torch(torch.tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)), record)
+        pre = network.relu_inputs_torch(torch.tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)))
+    pre = [h[0].numpy() for h in pre]
     point = np.zeros(n_vars)
     point[:layout.n_inputs] = x
     for i, zh in enumerate(pre[:len(layout.zh)]):

@@ -41,15 +41,9 @@ STEPS = 20  # signed-gradient steps of the search for points that show each unst
 
 def pre_activations(network: Network, x: np.ndarray) -> list[np.ndarray]:
     """The inputs of every ReLU node (in `network.relu_nodes` order) at the points x (P, n_inputs): [(P, w_i)]."""
-    values = []
-
-    def record(h: torch.Tensor, _is_output: bool) -> torch.Tensor:
-        values.append(h.reshape(h.shape[0], -1).numpy().copy())
-        return torch.relu(h)
-
     with torch.no_grad():
-        network.to("cpu", torch.float64).forward_torch(torch.as_tensor(np.asarray(x, np.float64)), record)
-    return values[:len(network.relu_nodes)]
+        values = network.to("cpu", torch.float64).relu_inputs_torch(torch.tensor(np.asarray(x, np.float64)))
+    return [v.numpy() for v in values]
 
 
 def extreme_points(network: Network, box: InputBox, entries: np.ndarray, steps: int = STEPS, seed: int = 0
@@ -65,15 +59,7 @@ def extreme_points(network: Network, box: InputBox, entries: np.ndarray, steps: 
     generator = torch.Generator().manual_seed(seed)
     x = lo + (hi - lo) * torch.rand(2 * E, lo.numel(), generator=generator, dtype=torch.float64)
     for _ in range(steps if E else 0):
-        x.requires_grad_(True)
-        values = []
-
-        def record(h: torch.Tensor, _is_output: bool) -> torch.Tensor:
-            values.append(h.reshape(h.shape[0], -1))
-            return torch.relu(h)
-
-        net.forward_torch(x, record)
-        pre = torch.cat(values[:len(net.relu_nodes)], 1)
+        pre = torch.cat(net.relu_inputs_torch(x.requires_grad_(True)), 1)
         grad, = torch.autograd.grad((side * pre[torch.arange(2 * E), entry]).sum(), x)
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x + (hi - lo) / 20 * grad.sign(), lo), hi)
