@@ -187,6 +187,24 @@ def random_graph_file(kind: str, folder: Path, seed: int = 0) -> Path:
     return path
 
 
+def verdict_cases(net: Network, seed: int) -> tuple:
+    """A box around a random centre and properties with known verdicts from the enumeration oracle: (box, C (3,
+    n_out), exact minima of C f (3,), [(Property, expected)]): single rows, disjunctions of three and a
+    conjunction, shifted 0.05 from the exact minima ("holds" above them, "violated" below)."""
+    from verifier.bounds.enumerate import enumerate_bound
+    from verifier.spec import InputBox, Property
+
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(-0.5, 0.5, net.n_inputs)
+    box = InputBox(centre - 0.3, centre + 0.3)
+    C = rng.normal(size=(3, net.n_outputs))
+    exact = enumerate_bound(net, box, C)
+    cases = [Property(((C[:1], np.array([exact[0] + shift])),)) for shift in (-0.05, 0.05)]
+    cases += [Property(tuple((C[k:k + 1], np.array([exact[k] + shift])) for k in range(3))) for shift in (-0.05, 0.05)]
+    cases += [Property(((C[:2], exact[:2] - 0.05),))]  # a conjunction ruled out row by row
+    return box, C, exact, list(zip(cases, ("holds", "violated", "holds", "violated", "holds")))
+
+
 def dense_expansion(net: Network) -> Network:
     """The same graph with every single-input linear operator replaced by its dense matrix (from `sparse()`)."""
     nodes = [net.nodes[0]]

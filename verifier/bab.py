@@ -37,9 +37,9 @@ MIN_RELATIVE_WIDTH = 1e-10  # a box this thin (relative to the root) and still o
 MILP_MAX_SPLITTABLE = 1000  # relu_split hands over to the MILP only with at most this many root-unstable ReLUs
 MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-split search (1: only for what the
 # search leaves stuck; measured on MNIST 256x2 at 30 s: the search alone answers 30/30, 48 s in all)
-REFINE_AFTER = 0.1  # relu_split searches alone for this share of its time; still open, with at least
+REFINE_AFTER = 0.2  # relu_split searches alone for this share of its time; still open, with at least
 REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds by MILP (bounds/refine.py) for
-REFINE_SHARE = 0.5  # at most this share of the time left, then searches again from the refined root
+REFINE_SHARE = 0.6  # at most this share of the time left, then searches again from the refined root
 
 
 @dataclass(frozen=True)
@@ -268,10 +268,13 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's).
        When the network is small enough for the MILP to pay (at most MILP_MAX_SPLITTABLE root-unstable ReLUs), no
        certificate is asked for (trace None), the time left after REFINE_AFTER of it is at least
-       REFINE_MIN_SECONDS and the search is still open then, the root's layer bounds are refined by MILP (`refine.milp_layer_bounds`:
-       neurons proved stable are never split) for at most REFINE_SHARE of the time left, and the search starts
+       REFINE_MIN_SECONDS and the search is still open then, the root's layer bounds are refined by MILP
+       (`refine.milp_layer_bounds`: neurons proved stable are never split) for at most REFINE_SHARE of the time
+       left, and the search starts
        again from the refined root (measured on MNIST 256x4 prop_11 eps 0.05: the search alone undecided after
-       150 s; refining 155 s made 33 of 168 splittable neurons stable, and the search then took 3.2 s).
+       300 s; refining 135 s made 33 of 168 splittable neurons stable, and the search then proved it in about 30 s.
+       REFINE_AFTER 0.1 first: prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped at 30 s,
+       refined, searched again); at 0.2 the search keeps it).
     2. When the network is small enough for the MILP to pay and
        phase 1 has run for `milp_after` of the time (or ended with domains it cannot split further: "stuck"),
        the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):

@@ -12,11 +12,10 @@ import torch
 from hypothesis import assume, example, given, settings, strategies as st
 from scipy.optimize import linprog
 
-from graph_models import TINY_KINDS, random_graph_file
+from graph_models import TINY_KINDS, random_graph_file, verdict_cases
 from verifier import bab, relu_bab
 from verifier.bab import _Rows
 from verifier.bounds import dual
-from verifier.bounds.enumerate import enumerate_bound
 from verifier.bounds.interval import relu_inputs
 from verifier.network import Network, random_network
 from verifier.onnx import load_onnx
@@ -202,16 +201,9 @@ def test_graph_verdicts_equal_the_enumeration(tiny_graph):
     """Conv, residual and MaxPool graphs: relu_split (the optimized search, then the MILP for what it cannot split)
     and the search alone against the enumeration oracle, on single rows, disjunctions, conjunctions and exact ties."""
     net, seed = tiny_graph
-    rng = np.random.default_rng(seed)
-    centre = rng.uniform(-0.5, 0.5, net.n_inputs)
-    box = InputBox(centre - 0.3, centre + 0.3)
-    C = rng.normal(size=(3, net.n_outputs))
-    exact = enumerate_bound(net, box, C)
-    cases = [Property(((C[:1], np.array([exact[0] + shift])),)) for shift in (-0.05, 0.05)]
-    cases += [Property(tuple((C[k:k + 1], np.array([exact[k] + shift])) for k in range(3))) for shift in (-0.05, 0.05)]
-    cases += [Property(((C[:2], exact[:2] - 0.05),))]  # a conjunction ruled out row by row
+    box, C, exact, cases = verdict_cases(net, seed)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
-    for prop, expected in zip(cases, ("holds", "violated", "holds", "violated", "holds")):
+    for prop, expected in cases:
         confirm = lambda x, prop=prop: box.contains(x) and bool(prop.violated_by(net.forward(x)))
         result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 20, confirm=confirm)
         assert result.status == expected

@@ -8,8 +8,9 @@ such MILPs before its search on MNIST MLPs; this is that step, done with HiGHS.
 
 For each ReLU node after the first (in order, so each layer's MILP uses the refined bounds of the layers before
 it), the unstable entries (l < 0 < u) are taken one at a time, those closest to stable first. A sign that a known
-point of the box already shows (the box's centre, random points, the points the MILPs find) cannot be proved
-impossible: an entry seen on both sides is left as it is, so most entries cost no MILP. Otherwise one MILP (the
+point of the box already shows (the box's centre, points from signed-gradient steps that minimize and maximize
+each unstable entry, the points the MILPs find) cannot be proved impossible: an entry seen on both sides is left
+as it is and costs no MILP. Otherwise one MILP (the
 big-M encoding of `encode`, built once per layer) asks "is this pre-activation > 0 everywhere" (or "< 0") with a
 cutoff just above 0, within `neuron_seconds`:
 - pruned (no point at or below the cutoff): the neuron is stable; its bound moves to 0 (l := 0 or u := 0: the
@@ -17,8 +18,15 @@ cutoff just above 0, within `neuron_seconds`:
 - time limit: the solver's proven bound still tightens l (or u) (capped at 0: a proven bound under a cutoff
   constraint is a bound of the true minimum only up to the cutoff);
 - a point below the cutoff: kept, it shows that sign for every later entry too.
-The solver's bound counts only through `milp._read`, which rejects a bound above our float64 value at the solver's
+Before a layer's MILPs, once some bound before it got tighter, an adaptive pass of the bound engine with the
+refined bounds given re-bounds that layer and the later ones (intersected). The solver's bound counts only through
+`milp._read`, which rejects a bound above our float64 value at the solver's
 own point (DESIGN.md rule 2), as for every MILP here.
+
+Measured on MNIST 256x4 prop_11 eps 0.05 (alpha-CROWN bounds: 39 / 70 / 3 / 56 unstable per layer): with 1 s per
+MILP, 94 MILPs in 100 s made 13 neurons stable and the search after it stayed open; with 2 s (NEURON_SECONDS),
+81 MILPs in 135 s made 33 stable (45 and 46 left in layers 2 and 4) and the search then proved it. A MILP for
+layer 2 (39 binaries) takes 0.5-1 s when it proves stability; most of layer 4's reach the time limit.
 """
 from __future__ import annotations
 
@@ -82,11 +90,10 @@ def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> N
 
 
 def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float,
-                      neuron_seconds: float = NEURON_SECONDS, points: np.ndarray | None = None,
-                      seed: int = 0) -> tuple[list, dict]:
+                      neuron_seconds: float = NEURON_SECONDS, seed: int = 0) -> tuple[list, dict]:
     """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
     after the first settled by MILP where the time (deadline: time.perf_counter()) allows (module docstring).
-    points (P, n_inputs): known points of the box (an attack's) that rule out signs. Returns (bounds, info:
+    Returns (bounds, info:
     "milps", "stabilized", "tightened" (entries with a better bound, stabilized ones included), "skipped" (both
     signs seen at known points), "unstable_before" / "unstable_after" per ReLU node, "seconds")."""
     start = time.perf_counter()
@@ -94,8 +101,6 @@ def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, de
     n_relus = len(network.relu_nodes)
     entries = np.flatnonzero(np.concatenate([(l < 0) & (u > 0) for l, u in bounds[:n_relus]]))
     known = [box.center[None], extreme_points(network, box, entries, seed=seed)]
-    if points is not None:
-        known.append(np.clip(np.atleast_2d(np.asarray(points, np.float64)), box.lo, box.hi))
     seen = pre_activations(network, np.concatenate(known))
     lowest = [v.min(0) for v in seen]  # per ReLU node: the smallest / largest value seen at a point
     highest = [v.max(0) for v in seen]
