@@ -40,7 +40,7 @@ from ..network import Network
 from ..spec import InputBox
 from . import encode, engine
 from .encode import relus_up_to
-from .interval import relu_inputs
+from .interval import by_node, relu_inputs
 from .milp import _cutoff, _read
 
 NEURON_SECONDS = 2.0  # time limit of one neuron's MILP
@@ -77,10 +77,9 @@ def extreme_points(network: Network, box: InputBox, entries: np.ndarray, steps: 
 def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> None:
     """Intersect bounds[t:] (in place) with the adaptive pass's, the bounds before t given (as refined)."""
     nodes = relu_inputs(network)
-    given = {k: tuple(torch.as_tensor(x).reshape(1, *network.nodes[k].op.out_shape) for x in bounds[i])
-             for i, k in enumerate(nodes[:t])}
-    reference = {k: tuple(torch.as_tensor(x).reshape(1, *network.nodes[k].op.out_shape) for x in bounds[i])
-                 for i, k in enumerate(nodes) if i >= t}
+    tensors = by_node(network, bounds)
+    given = {k: tensors[k] for k in nodes[:t]}
+    reference = {k: tensors[k] for k in nodes[t:]}
     lo, hi = (torch.tensor(x, dtype=torch.float64).reshape(1, -1) for x in (box.lo, box.hi))
     new, _ = engine.node_bounds(network.to("cpu", torch.float64), lo, hi, "adaptive", given, reference=reference,
                                 output_pass=False)
@@ -93,9 +92,9 @@ def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, de
                       neuron_seconds: float = NEURON_SECONDS, seed: int = 0) -> tuple[list, dict]:
     """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
     after the first settled by MILP where the time (deadline: time.perf_counter()) allows (module docstring).
-    Returns (bounds, info:
-    "milps", "stabilized", "tightened" (entries with a better bound, stabilized ones included), "skipped" (both
-    signs seen at known points), "unstable_before" / "unstable_after" per ReLU node, "seconds")."""
+    Returns (bounds, info: "milps", "stabilized", "tightened" (entries with a better bound, stabilized ones
+    included), "skipped" (both signs seen at known points), "unstable_before" / "unstable_after" per ReLU node,
+    "seconds")."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
