@@ -111,10 +111,16 @@ def _cross_entropy(out: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(out, -1) - _pick(out, classes)
 
 
-def _violation(C: torch.Tensor, d: torch.Tensor, valid: torch.Tensor) -> Callable:
-    """Objective ``max_rows (C_b y - d_b)`` of a padded stack of conjunctions C (B, m, k), d (B, m), valid (B, m)."""
+def _violation(C: torch.Tensor, d: torch.Tensor, valid: torch.Tensor, hinge: bool = False) -> Callable:
+    """Objective ``max_rows (C_b y - d_b)`` of a padded stack of conjunctions C (B, m, k), d (B, m), valid (B, m);
+    with hinge, the descent's loss ``sum_rows max(C_b y - d_b, 0)`` instead: it pushes every row still above 0 at
+    once, where the maximum's gradient follows one row at a time and zigzags between rows that trade places (measured
+    on marabou_cifar10 large index 6413 target 7, a conjunction of 9 rows: 50 restarts x 300 steps from three seeds,
+    the maximum's descent ended 0.04-0.08 above 0, the hinge's below 0 every time)."""
     def objective(out: torch.Tensor) -> torch.Tensor:
         rows = torch.einsum("brk,bmk->brm", out, C) - d[:, None, :]
+        if hinge:
+            return rows.clamp(min=0).masked_fill(~valid[:, None, :], 0).sum(-1)
         return rows.masked_fill(~valid[:, None, :], -torch.inf).amax(-1)
     return objective
 
@@ -414,7 +420,8 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
 
     Tries, in order: the box centre; the FGSM corner of each disjunct (gradient sign at the centre); then rounds
     of PGD, all disjuncts in one batch with `restarts` starts each, minimising the violation
-    ``max_rows (C_k y - d_k)`` of each disjunct k. Round r uses seed + first_round + r; rounds continue until a
+    ``max_rows (C_k y - d_k)`` of each disjunct k (descending the hinge ``sum_rows max(C_k y - d_k, 0)``:
+    `_violation`). Round r uses seed + first_round + r; rounds continue until a
     point is confirmed, `rounds` rounds ran (None = no limit), or time_limit seconds passed; rounds cycle through
     step sizes (ROUND_STEP_SCALES, from index first_round: a caller's successive short calls cycle too).
     restarts/steps default to a size-dependent choice (ROUND_WORK, BASE_STEPS), tuned on ACAS Xu and MNIST
@@ -433,6 +440,7 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
     for k, (C, d) in enumerate(prop.disjuncts):
         C_pad[k, :C.shape[0]], d_pad[k, :C.shape[0]], valid[k, :C.shape[0]] = C, d, True
     objective = _violation(as_t(C_pad), as_t(d_pad), torch.as_tensor(valid, device=device))
+    loss = _violation(as_t(C_pad), as_t(d_pad), torch.as_tensor(valid, device=device), hinge=True)
     forward = _Forward(network, device, dtype)
     lo, hi = as_t(np.repeat(box.lo[None], K, 0)), as_t(np.repeat(box.hi[None], K, 0))
     centre = (lo + hi) / 2
@@ -469,7 +477,7 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
     while found is None and time.perf_counter() < deadline and (rounds is None or round_index < rounds):
         generator = torch.Generator().manual_seed(int(seed) + first_round + round_index)
         size = ROUND_STEP_SCALES[(first_round + round_index) % len(ROUND_STEP_SCALES)]
-        x, _, _ = _pgd_core(forward, lo, hi, objective, objective, start=centre, norm="linf", radius=None,
+        x, _, _ = _pgd_core(forward, lo, hi, objective, loss, start=centre, norm="linf", radius=None,
                             restarts=restarts, steps=steps, step_size=step_size * size,
                             final_step=final_step * size, generator=generator, stop="any", leak=leak,
                             inclusive=True, deadline=deadline)
