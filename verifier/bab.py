@@ -40,6 +40,10 @@ MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-sp
 REFINE_AFTER = 0.2  # relu_split searches alone for this share of its time; still open, with at least
 REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds by MILP (bounds/refine.py) for
 REFINE_SHARE = 0.6  # at most this share of the time left, then searches again from the refined root
+MILP_ONE_LAYER_MAX = 20000  # with one ReLU layer unstable, the MILP gets that share after that fifth (not the
+# refinement: the first layer's bounds are exact) up to this many root-unstable ReLUs; measured on verivital
+# avgpool (4,410): prop_7 / 12 / 14 eps 0.04 open after 300 s of search (2,790-6,211 domains), each decided by
+# the MILP in 1.4-3.5 s (HiGHS prunes at the root: the triangle relaxation of one layer is nearly tight)
 
 
 @dataclass(frozen=True)
@@ -266,16 +270,20 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
        bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's).
-       When the network is small enough for the MILP to pay (at most MILP_MAX_SPLITTABLE root-unstable ReLUs), no
-       certificate is asked for (trace None), the time left after REFINE_AFTER of it is at least
-       REFINE_MIN_SECONDS and the search is still open then, the root's layer bounds are refined by MILP
-       (`refine.milp_layer_bounds`: neurons proved stable are never split) for at most REFINE_SHARE of the time
-       left, and the search starts again from the refined root. Measured on MNIST 256x4 at 300 s: prop_11 eps
-       0.05, undecided by the search alone (92,109 domains), holds in 208 s (143 s refining made 35 of 168
-       splittable neurons stable; 16,220 domains in all); with REFINE_AFTER 0.1, prop_8 eps 0.03, which the
-       search alone proves in 37 s, took 162 s (stopped at 30 s, refined, searched again), at 0.2 it takes 34 s.
-    2. When the network is small enough for the MILP to pay and
-       phase 1 has run for `milp_after` of the time (or ended with domains it cannot split further: "stuck"),
+       The MILP pays for networks with at most MILP_MAX_SPLITTABLE root-unstable ReLUs, or MILP_ONE_LAYER_MAX in
+       a single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for
+       (trace None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still
+       open then, the root's layer bounds are refined by MILP (`refine.milp_layer_bounds`: neurons proved stable
+       are never split) for at most REFINE_SHARE of the time left, and the search starts again from the refined
+       root. Measured on MNIST 256x4 at 300 s: prop_11 eps 0.05, undecided by the search alone (92,109
+       domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in
+       all); with REFINE_AFTER 0.1, prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped
+       at 30 s, refined, searched again), at 0.2 it takes 34 s. With a single unstable layer the refinement has
+       nothing to refine (the first layer's bounds are exact): the disjuncts still open after that fifth go to
+       the MILP of step 2 for at most REFINE_SHARE of the time left instead (trusted in a certificate like step
+       2's), and the search starts again if it has not decided.
+    2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
+       further: "stuck"),
        the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):
        single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP deciding
        whether ``min_x max_rows > 0`` (`milp.min_max`).
@@ -295,15 +303,18 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
     rows = _Rows.of(sub, network.n_outputs)
     root = by_node(network, layer_bounds)
-    splittable = sum(int(((l < 0) & (u > 0)).sum()) for (l, u) in (root[network.nodes[r].inputs[0]]
-                                                                      for r in network.relu_nodes))
-    use_milp = splittable <= MILP_MAX_SPLITTABLE
+    unstable = [int(((l < 0) & (u > 0)).sum()) for (l, u) in (root[network.nodes[r].inputs[0]]
+                                                               for r in network.relu_nodes)]
+    splittable, one_layer = sum(unstable), sum(n > 0 for n in unstable) == 1
+    use_milp = splittable <= MILP_MAX_SPLITTABLE or (one_layer and splittable <= MILP_ONE_LAYER_MAX)
     phase1_end = start + milp_after * (deadline - start) if use_milp else deadline
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
     if trace is not None:
         trace.update(open=open_, closed=[], milp=[])
-    refine = use_milp and trace is None and (1 - REFINE_AFTER) * (deadline - start) >= REFINE_MIN_SECONDS
-    first_end = min(start + REFINE_AFTER * (deadline - start), phase1_end) if refine else phase1_end
+    refine = use_milp and not one_layer and trace is None and \
+        (1 - REFINE_AFTER) * (deadline - start) >= REFINE_MIN_SECONDS
+    milp_slot = use_milp and one_layer
+    first_end = min(start + REFINE_AFTER * (deadline - start), phase1_end) if refine or milp_slot else phase1_end
 
     def run(root: dict, until: float):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,
@@ -312,13 +323,26 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
     result = run(root, first_end)
     stats = dict(result.stats)
-    if refine and result.status == "open":
-        from .bounds.refine import milp_layer_bounds
-
+    if (refine or milp_slot) and result.status == "open":
         now = time.perf_counter()
-        layer_bounds, stats["refine"] = milp_layer_bounds(network, box, layer_bounds,
-                                                          deadline=now + REFINE_SHARE * (deadline - now))
-        result = run(by_node(network, layer_bounds), phase1_end)
+        if milp_slot:  # one layer: the MILP, for the disjuncts still open
+            still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
+            status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds,
+                                                now + REFINE_SHARE * (deadline - now), confirm)
+            stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
+            if status in (HOLDS, VIOLATED):
+                if trace is not None and status == HOLDS:
+                    trace["milp"] = still
+                return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
+        else:
+            from .bounds.refine import milp_layer_bounds
+
+            layer_bounds, stats["refine"] = milp_layer_bounds(network, box, layer_bounds,
+                                                              deadline=now + REFINE_SHARE * (deadline - now))
+            root = by_node(network, layer_bounds)
+        if trace is not None:
+            trace["closed"].clear()  # the search below covers every domain again
+        result = run(root, phase1_end)
         stats.update({key: value for key, value in result.stats.items() if key not in ("domains", "bound_calls")},
                      domains=stats["domains"] + result.stats["domains"],
                      bound_calls=stats["bound_calls"] + result.stats["bound_calls"])

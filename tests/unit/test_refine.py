@@ -100,16 +100,17 @@ def test_refined_graph_bounds_contain_the_exact_range(tiny_graph):
 
 def test_relu_split_with_the_refinement_gives_the_enumerations_verdicts(tiny_graph, monkeypatch):
     """The refinement forced at once (no time share, no minimum): verdicts on single rows, disjunctions and a
-    conjunction equal the enumeration's; an exact tie is never proved."""
+    conjunction equal the enumeration's; an exact tie is never proved. (Where a single ReLU layer is unstable,
+    relu_split gives that time to the MILP instead: test_relu_bab's one-layer test.)"""
     monkeypatch.setattr(bab, "REFINE_AFTER", 0.0)
     monkeypatch.setattr(bab, "REFINE_MIN_SECONDS", 0.0)
     net, seed = tiny_graph
     box, C, exact, cases = verdict_cases(net, seed + 10)
-    refined = 0
+    ran = 0
     for prop, expected in cases + [(Property(((C[:1], exact[:1]),)), None)]:
         confirm = lambda x, prop=prop: box.contains(x) and bool(prop.violated_by(net.forward(x)))
         result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 20, confirm=confirm)
         # a tie (the threshold met at a point): never "holds"; "violated" when the search meets that point
         assert (result.status == expected) if expected else result.status != "holds", (expected, result)
-        refined += "refine" in result.stats
-    assert refined > 0  # the path ran
+        ran += "refine" in result.stats or "milp_slot" in result.stats
+    assert ran > 0  # the path ran

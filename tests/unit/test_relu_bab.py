@@ -216,3 +216,22 @@ def test_graph_verdicts_equal_the_enumeration(tiny_graph):
     tie = Property(((C[:1], exact[:1]),))
     result = bab.relu_split(net, box, tie, deadline=time.perf_counter() + 10, confirm=lambda x: False)
     assert result.status in ("unknown", "timeout")
+
+
+@pytest.mark.parametrize("kind,seed", [(k, s) for k in ("tiny_conv", "dense") for s in (0, 1, 2)])
+def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, monkeypatch, tmp_path):
+    """One unstable ReLU layer: after the search's first share (forced to nothing here) the MILP decides the
+    disjuncts still open (bab.MILP_ONE_LAYER_MAX); its verdicts equal the enumeration's, a tie is never proved."""
+    monkeypatch.setattr(bab, "REFINE_AFTER", 0.0)
+    net = load_onnx(random_graph_file(kind, tmp_path, seed)) if kind == "tiny_conv" else \
+        random_network([3, 10, 3], np.random.default_rng(seed))
+    box, C, exact, cases = verdict_cases(net, seed + 20)
+    slots = 0
+    for prop, expected in cases + [(Property(((C[:1], exact[:1]),)), None)]:
+        confirm = lambda x, prop=prop: box.contains(x) and bool(prop.violated_by(net.forward(x)))
+        result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 20, confirm=confirm)
+        assert (result.status == expected) if expected else result.status != "holds", (expected, result)
+        if result.status == "violated":
+            assert confirm(result.x)
+        slots += "milp_slot" in result.stats
+    assert slots > 0  # the path ran
