@@ -210,3 +210,21 @@ def test_cuda_gives_the_cpu_answer():
     box = InputBox(np.zeros(5), np.ones(5))
     cpu, cuda = (attack(net, box, 1, seed=2, device=device, check=False) for device in ("cpu", "cuda"))
     assert cuda.value == pytest.approx(cpu.value, abs=1e-9) and box.contains(cuda.x)
+
+
+def test_the_hinge_loss_is_zero_exactly_where_the_conjunction_is_violated():
+    """falsify descends sum_rows max(row, 0) (padded rows ignored) and tracks max_rows: both <= 0 at the same
+    outputs, and the hinge is the sum of the positive rows."""
+    import torch
+
+    from verifier.attacks import _violation
+
+    rng = np.random.default_rng(0)
+    C, d = torch.tensor(rng.normal(size=(2, 4, 3))), torch.tensor(rng.normal(size=(2, 4)))
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    out = torch.tensor(rng.normal(size=(2, 500, 3)) * 2)
+    rows = torch.einsum("brk,bmk->brm", out, C) - d[:, None, :]
+    hinge, worst = _violation(C, d, valid, hinge=True)(out), _violation(C, d, valid)(out)
+    assert torch.equal(hinge <= 0, worst <= 0) and bool((worst <= 0).any()) and bool((worst > 0).any())
+    assert torch.allclose(hinge, (rows.clamp(min=0) * valid[:, None, :]).sum(-1))
+    assert torch.allclose(worst, rows.masked_fill(~valid[:, None, :], -torch.inf).amax(-1))
