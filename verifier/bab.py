@@ -40,10 +40,11 @@ MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-sp
 REFINE_AFTER = 0.2  # relu_split searches alone for this share of its time; still open, with at least
 REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds by MILP (bounds/refine.py) for
 REFINE_SHARE = 0.6  # at most this share of the time left, then searches again from the refined root
-MILP_ONE_LAYER_MAX = 20000  # with one ReLU layer unstable, the MILP gets that share after that fifth (not the
-# refinement: the first layer's bounds are exact) up to this many root-unstable ReLUs; measured on verivital
-# avgpool (4,410): prop_7 / 12 / 14 eps 0.04 open after 300 s of search (2,790-6,211 domains), each decided by
-# the MILP in 1.4-3.5 s (HiGHS prunes at the root: the triangle relaxation of one layer is nearly tight)
+MILP_ONE_LAYER_MAX = 20000  # with one ReLU layer unstable (up to this many root-unstable ReLUs), the MILP gets
+# that share right after the search's root round (not the refinement: the first layer's bounds are exact); measured
+# on verivital avgpool (4,410-5,299 unstable): prop_7 / 12 / 14 eps 0.04 open after 300 s of search (2,790-6,211
+# domains), each decided by the MILP in 1.4-3.5 s (HiGHS prunes at its root: the triangle relaxation of one layer
+# is nearly tight); with the MILP after the search's first fifth they took 63-65 s at 300 s
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in
        all); with REFINE_AFTER 0.1, prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped
        at 30 s, refined, searched again), at 0.2 it takes 34 s. With a single unstable layer the refinement has
-       nothing to refine (the first layer's bounds are exact): the disjuncts still open after that fifth go to
+       nothing to refine (the first layer's bounds are exact): the disjuncts still open after the root round go to
        the MILP of step 2 for at most REFINE_SHARE of the time left instead (trusted in a certificate like step
        2's), and the search starts again if it has not decided.
     2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
@@ -314,7 +315,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     refine = use_milp and not one_layer and trace is None and \
         (1 - REFINE_AFTER) * (deadline - start) >= REFINE_MIN_SECONDS
     milp_slot = use_milp and one_layer
-    first_end = min(start + REFINE_AFTER * (deadline - start), phase1_end) if refine or milp_slot else phase1_end
+    first_end = phase1_end if not (refine or milp_slot) else start if milp_slot else \
+        min(start + REFINE_AFTER * (deadline - start), phase1_end)
 
     def run(root: dict, until: float):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,

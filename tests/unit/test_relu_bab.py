@@ -219,10 +219,9 @@ def test_graph_verdicts_equal_the_enumeration(tiny_graph):
 
 
 @pytest.mark.parametrize("kind,seed", [(k, s) for k in ("tiny_conv", "dense") for s in (0, 1, 2)])
-def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, monkeypatch, tmp_path):
-    """One unstable ReLU layer: after the search's first share (forced to nothing here) the MILP decides the
-    disjuncts still open (bab.MILP_ONE_LAYER_MAX); its verdicts equal the enumeration's, a tie is never proved."""
-    monkeypatch.setattr(bab, "REFINE_AFTER", 0.0)
+def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, tmp_path):
+    """One unstable ReLU layer: after the search's root round the MILP decides the disjuncts still open
+    (bab.MILP_ONE_LAYER_MAX); the verdicts equal the enumeration's, a tie is never proved."""
     net = load_onnx(random_graph_file(kind, tmp_path, seed)) if kind == "tiny_conv" else \
         random_network([3, 10, 3], np.random.default_rng(seed))
     box, C, exact, cases = verdict_cases(net, seed + 20)
