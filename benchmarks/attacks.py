@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from verifier.attacks import falsify
+from verifier.falsification import falsify
 from verifier.onnx import load_onnx
 from verifier.vnnlib import parse_vnnlib
 

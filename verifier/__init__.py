@@ -1,5 +1,6 @@
 """verifier: how robust is a ReLU network? Attacks (upper bounds), certified bounds and exact answers."""
-from .attacks import AttackResult, attack, falsify
+from .attacks import AttackResult, attack
+from .falsification import falsify
 from .bounds import METHODS, BoundResult, bound
 from .errors import InputError, ModelError, VnnlibError
 from .network import Affine, Network, ReLU

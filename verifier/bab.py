@@ -315,8 +315,9 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     refine = use_milp and not one_layer and trace is None and \
         (1 - REFINE_AFTER) * (deadline - start) >= REFINE_MIN_SECONDS
     milp_slot = use_milp and one_layer
-    first_end = phase1_end if not (refine or milp_slot) else start if milp_slot else \
-        min(start + REFINE_AFTER * (deadline - start), phase1_end)
+    first_end = phase1_end  # the end of the first search: its root round alone before the MILP slot
+    if milp_slot or refine:
+        first_end = start if milp_slot else min(start + REFINE_AFTER * (deadline - start), phase1_end)
 
     def run(root: dict, until: float):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from verifier.attacks import attack, falsify, linear_worst_case
+from verifier.attacks import attack, linear_worst_case
+from verifier.falsification import falsify
 from verifier.bounds import bound
 from verifier.network import Affine, Network, random_network
 from verifier.spec import InputBox, Property, linf_ball, margin_rows

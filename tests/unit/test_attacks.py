@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import verifier.onnx as vonnx
-from verifier.attacks import AttackResult, attack, binary_linear_worst, falsify, fgsm, linear_worst_case, pgd
+from verifier.attacks import AttackResult, attack, binary_linear_worst, fgsm, linear_worst_case, pgd
+from verifier.falsification import falsify
 from verifier.norms import project_l2 as _project_l2
 from verifier.network import Affine, Network, ReLU, random_network
 from verifier.onnx import load_onnx, run_onnxruntime, save_onnx
@@ -217,7 +218,7 @@ def test_the_hinge_loss_is_zero_exactly_where_the_conjunction_is_violated():
     outputs, and the hinge is the sum of the positive rows."""
     import torch
 
-    from verifier.attacks import _violation
+    from verifier.falsification import _violation
 
     rng = np.random.default_rng(0)
     C, d = torch.tensor(rng.normal(size=(2, 4, 3))), torch.tensor(rng.normal(size=(2, 4)))

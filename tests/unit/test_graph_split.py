@@ -20,7 +20,7 @@ import torch
 
 from graph_models import KINDS, TINY_KINDS, random_graph_file
 from verifier import bab, ops, relu_bab
-from verifier.attacks import falsify
+from verifier.falsification import falsify
 from verifier.bounds import dual, engine, interval, symbolic
 from verifier.bounds.enumerate import enumerate_bound
 from verifier.network import Network, Node

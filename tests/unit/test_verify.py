@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from verifier.attacks import falsify
+from verifier.falsification import falsify
 from verifier.bounds.enumerate import MAX_RELUS, enumerate_bound
 from verifier.network import Affine, Network, ReLU, random_network
 from verifier.onnx import load_onnx, run_onnxruntime, save_onnx
