@@ -102,7 +102,7 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
 
     t0 = time.perf_counter()
     quick = falsification.falsify(network, box, prop, seed=seed, rounds=1, restarts=64, steps=40,
-                            time_limit=min(QUICK_FALSIFY, 0.1 * timeout))
+                                   time_limit=min(QUICK_FALSIFY, 0.1 * timeout))
     phase("falsify", t0)
     if quick.success and (found := violated(quick.x)) is not None:
         return found
