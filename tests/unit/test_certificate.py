@@ -255,15 +255,17 @@ def test_the_checker_runs_alone_without_torch(certs, tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("valid ("), out.stderr
 
 
-def test_milp_decided_disjuncts_are_trusted_leaves_the_checker_counts(tmp_path):
-    """relu_split with the MILP from the start (milp_after 0): the disjunct it rules out becomes a root leaf
-    marked trusted; the certificate is valid and the checker reports it as MILP-trusted rather than proved."""
+@pytest.mark.parametrize("sizes,milp_after", [([4, 7, 6, 2], 0.0), ([4, 7, 2], 1.0)], ids=["milp-first", "one-layer"])
+def test_milp_decided_disjuncts_are_trusted_leaves_the_checker_counts(sizes, milp_after, tmp_path):
+    """relu_split with the MILP from the start (milp_after 0), or on one hidden layer the MILP after the search's
+    root round: the disjunct it rules out becomes a root leaf marked trusted; the certificate is valid and the
+    checker reports it as MILP-trusted rather than proved."""
     from verifier import bab
     from verifier.certificate import write_certificate
     from verifier.vnnlib import parse_vnnlib
 
     rng = np.random.default_rng(3)
-    net = random_network([4, 7, 6, 2], rng)
+    net = random_network(sizes, rng)
     model, vnnlib = tmp_path / "n.onnx", tmp_path / "p.vnnlib"
     save_onnx(net, model)
     net = load_onnx(model)
@@ -275,9 +277,10 @@ def test_milp_decided_disjuncts_are_trusted_leaves_the_checker_counts(tmp_path):
                       f"(assert (<= Y_0 {exact - 1e-4!r}))\n")
     (box, prop), = parse_vnnlib(vnnlib, 4, 2)
     trace = {"kind": "relu"}
-    result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 60, milp_after=0.0, trace=trace,
+    result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 60, milp_after=milp_after, trace=trace,
                             confirm=lambda x: False)
     assert result.status == "holds" and trace["milp"] == [0]
+    assert ("milp_slot" in result.stats) == (len(sizes) == 3)
     stats = write_certificate(net, vnnlib, [(box, prop)], [trace], tmp_path / "c.npz")
     assert stats["written"] and stats["milp_trusted"] == 1
     assert check.check(model, vnnlib, tmp_path / "c.npz") == (stats["leaves"], 1)
