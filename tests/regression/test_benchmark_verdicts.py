@@ -1,5 +1,6 @@
 """Expected verdicts of a fixed set of VNN-COMP instances (tests/data/instances/instances.csv: ACAS Xu, the `test`
-family, MNIST 256x2), decided within small timeouts; the suite runner, its CLI and the VNN-COMP scripts."""
+family, MNIST 256x2, verivital avgpool), decided within small timeouts; the suite runner, its CLI and the VNN-COMP
+scripts."""
 from __future__ import annotations
 
 import csv
