@@ -10,9 +10,8 @@ For each ReLU node after the first (in order, so each layer's MILP uses the refi
 it), the unstable entries (l < 0 < u) are taken one at a time, those closest to stable first. A sign that a known
 point of the box already shows (the box's centre, points from signed-gradient steps that minimize and maximize
 each unstable entry, the points the MILPs find) cannot be proved impossible: an entry seen on both sides is left
-as it is and costs no MILP. Otherwise one MILP (the
-big-M encoding of `encode`, built once per layer) asks "is this pre-activation > 0 everywhere" (or "< 0") with a
-cutoff just above 0, within `neuron_seconds`:
+as it is and costs no MILP. Otherwise one MILP (the big-M encoding of `encode`, built once per layer) asks "is
+this pre-activation > 0 everywhere" (or "< 0") with a cutoff just above 0, within `neuron_seconds`:
 - pruned (no point at or below the cutoff): the neuron is stable; its bound moves to 0 (l := 0 or u := 0: the
   cutoff's margin left to the solver's tolerance);
 - time limit: the solver's proven bound still tightens l (or u) (capped at 0: a proven bound under a cutoff
@@ -20,8 +19,8 @@ cutoff just above 0, within `neuron_seconds`:
 - a point below the cutoff: kept, it shows that sign for every later entry too.
 Before a layer's MILPs, once some bound before it got tighter, an adaptive pass of the bound engine with the
 refined bounds given re-bounds that layer and the later ones (intersected). The solver's bound counts only through
-`milp._read`, which rejects a bound above our float64 value at the solver's
-own point (DESIGN.md rule 2), as for every MILP here.
+`milp._read`, which rejects a bound above our float64 value at the solver's own point (DESIGN.md rule 2), as for
+every MILP here.
 
 Measured on MNIST 256x4 prop_11 eps 0.05 (alpha-CROWN bounds: 39 / 70 / 3 / 56 unstable per layer): with 1 s per
 MILP, 94 MILPs in 100 s made 13 neurons stable and the search after it stayed open; with 2 s (NEURON_SECONDS),
