@@ -28,12 +28,16 @@ MNIST 256x4 prop_3 eps 0.05 such domains looked finished, went to the MILP and t
 height, 20 s without the MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP
 (`milp.min_max` without binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box corner minimizing the best row's linear bound, and the caller's
 side attack, checked by `check` (float64, then onnxruntime on the original model).
-Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``;
-float32 passes (`search`'s dtype) prove nothing until re-derived in float64.
+Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``.
+The Adam steps run in float32 (`search`'s dtype) between float64 passes: the layer bounds (re-tightening included)
+and the bound each round ends with, from the best float32 iterate's slopes and multipliers, are float64.
 
 Defaults, measured on MNIST 256x4 prop_3 eps 0.05 (unsat; one torch thread, machine under load): Adam steps per
-round 2: undecided after 40 s (8201 domains); 4: proved in 5.7 s; 8: 9.0 s; 16: 3.9 s (283 domains). float32
-passes: the same 523 domains, no faster on this CPU (11.6 s vs 11.7 s), so float64 stays the default.
+round 2: undecided after 40 s (8201 domains); 4: proved in 5.7 s; 8: 9.0 s; 16: 3.9 s (283 domains). float32 steps
+vs float64 (the search alone, one torch thread): MNIST 256x4 prop_3 eps 0.05 proved in 2.7 vs 3.4 s, prop_8 eps 0.03
+in 19.8 vs 22.9 s (7855 vs 7797 domains); in 120 s on prop_14 eps 0.05 / prop_6 eps 0.03 (open), 29767 / 30591 vs
+25479 / 22399 domains; marabou_cifar10 small index 9409, 40 s: 615 vs 447. (Before, float32 claims were re-derived
+from the root's layer bounds, without the re-tightened ones: 13,816 of 14,372 failed on MNIST 256x4 prop_5 eps 0.05.)
 """
 from __future__ import annotations
 
@@ -77,16 +81,18 @@ class SearchResult:
 class _Problem:
     """The fixed parts of a search: the network, the box, the rows per disjunct (C (K, M, *out_shape), d (K, M)),
     the root's layer bounds and which neurons can be split (root-unstable: per ReLU node r, flat indices cols[r];
-    concatenated, N of them). dtype: of the bounding passes (float32: see `search`)."""
+    concatenated, N of them). Layer bounds and the bound each round ends with are float64; dtype: of the
+    optimization steps in between (float32: see `search`)."""
 
     def __init__(self, network: Network, lo: Tensor, hi: Tensor, rows, root: dict,
                  dtype: torch.dtype = torch.float64, retighten: bool = True) -> None:
-        self.network, self.dtype, self.retighten = network.to(dtype=dtype), dtype, retighten
-        self.centre, self.radius = ((lo + hi) / 2).to(dtype), ((hi - lo) / 2).to(dtype)
+        self.network, self.fast = network.to(dtype=torch.float64), network.to(dtype=dtype)
+        self.dtype, self.retighten = dtype, retighten
+        self.centre, self.radius = ((lo + hi) / 2).double(), ((hi - lo) / 2).double()
         self.box = InputBox(lo[0].double().numpy(), hi[0].double().numpy())
         self.relus = list(network.relu_nodes)
         self.shapes = {r: network.nodes[r].op.out_shape for r in self.relus}
-        self.root = {r: tuple(x.reshape(1, -1).to(dtype) for x in root[network.nodes[r].inputs[0]])
+        self.root = {r: tuple(x.reshape(1, -1).double() for x in root[network.nodes[r].inputs[0]])
                      for r in self.relus}
         self.cols, self.slices, start = {}, {}, 0
         for r in self.relus:
@@ -97,8 +103,8 @@ class _Problem:
         self.n_split = start
         self.layer_starts = torch.tensor([self.slices[r].start for r in self.relus])
         self.output_bounds = root.get(network.output)  # for the LP's layer bounds (the output node's entry)
-        self.C = rows.C.reshape(rows.K, rows.M, *network.output_shape).to(dtype)
-        self.d = rows.d.reshape(rows.K, rows.M).to(dtype)
+        self.C = rows.C.reshape(rows.K, rows.M, *network.output_shape).double()
+        self.d = rows.d.reshape(rows.K, rows.M).double()
 
     def layer_of(self, columns: Tensor) -> Tensor:
         """Position in self.relus of the ReLU node of each splittable column (n,) -> (n,)."""
@@ -183,13 +189,14 @@ class _Problem:
     def _pass(self, relax: dict, sign: dict, C: Tensor, d: Tensor, a: Tensor, b: Tensor,
               record: dict | None = None) -> Tensor:
         """Lower bounds (B, M) of the rows C (B, M, *out), d (B, M) by the engine's backward pass with lower slopes
-        a and split multipliers b (B, M, N) on the splittable neurons, relaxations and split signs per ReLU."""
-        B = C.shape[0]
+        a and split multipliers b (B, M, N) on the splittable neurons, relaxations and split signs per ReLU; in
+        C's dtype (float64, or self.dtype for the optimization steps: every tensor given in it)."""
+        B, network = C.shape[0], self.network if C.dtype == torch.float64 else self.fast
         alphas = {r: scatter_columns(self.shapes[r], self.cols[r], a[:, :, self.slices[r]]) for r in self.relus}
         betas = {r: -scatter_columns(self.shapes[r], self.cols[r], b[:, :, self.slices[r]]) * sign[r].unsqueeze(1)
                  for r in self.relus}
-        return engine.backward(self.network, self.network.output, C, d, relax, self.centre.expand(B, -1),
-                               self.radius.expand(B, -1), alphas, betas=betas, record=record)
+        return engine.backward(network, network.output, C, d, relax, self.centre.to(C.dtype).expand(B, -1),
+                               self.radius.to(C.dtype).expand(B, -1), alphas, betas=betas, record=record)
 
     def branch(self, splits: Tensor, disjunct: Tensor, alpha: Tensor, beta: Tensor, relax: dict, score: Tensor,
                top_k: int) -> Tensor:
@@ -218,12 +225,12 @@ class _Problem:
             fields["upper_offset"][rows, col] = 0.0
             relaxations[r] = engine.Relaxation(**{n: t.reshape(len(cand), 1, *self.shapes[r])
                                                   for n, t in fields.items()})
-            s = torch.zeros(len(cand), int(np.prod(self.shapes[r])), dtype=self.dtype)
-            s[:, self.cols[r]] = children[:, self.slices[r]].to(self.dtype)
+            s = torch.zeros(len(cand), int(np.prod(self.shapes[r])), dtype=torch.float64)
+            s[:, self.cols[r]] = children[:, self.slices[r]].double()
             sign[r] = s.reshape(len(cand), *self.shapes[r])
         with torch.no_grad():
             lower = self._pass(relaxations, sign, self.C[disjunct[parent]], self.d[disjunct[parent]],
-                               alpha[parent].to(self.dtype), beta[parent].to(self.dtype))
+                               alpha[parent].double(), beta[parent].double())
         worst = lower.amax(1).reshape(B, k, 2).amin(2)  # a child is proved when one row of it is
         worst = torch.where(score.gather(1, top) > 0, worst, torch.full_like(worst, -torch.inf))
         return top[torch.arange(B), worst.argmax(1)]
@@ -239,23 +246,23 @@ class _Problem:
         alpha, beta (B, M, N) warm starts; inherited, newest: see `relaxations`. Returns (lower, alpha, beta (the
         best iterate per row, in self.dtype), the final pass's record (`engine.backward`: rows reaching each ReLU,
         input coefficients (B, M, n)), the relaxations {r: (B, 1, *shape)}, the splittable neurons' bounds (l, u)
-        (B, N)). No step starts after `deadline` (time.perf_counter()); every iterate is sound."""
+        (B, N)). No step starts after `deadline` (time.perf_counter()); every iterate is sound. The layer bounds
+        and the returned bounds come from float64 passes, whatever self.dtype the steps took."""
         with torch.no_grad():
             relax, sign, empty, used = self.relaxations(splits, inherited, newest)
-        B = splits.shape[0]
         C, d = self.C[disjunct], self.d[disjunct]
+        fast = (relax, sign, C, d) if self.dtype == torch.float64 else (
+            {r: engine.Relaxation(**{f.name: _cast(getattr(x, f.name), self.dtype) for f in dataclasses.fields(x)})
+             for r, x in relax.items()},
+            {r: x.to(self.dtype) for r, x in sign.items()}, C.to(self.dtype), d.to(self.dtype))
         a, b = alpha.to(self.dtype).clone(), beta.to(self.dtype).clone()
         best, best_a, best_b = None, a.clone(), b.clone()
         leaves = [a.requires_grad_(), b.requires_grad_()]
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
-
-        def run(a: Tensor, b: Tensor, record: dict | None = None) -> Tensor:
-            return self._pass(relax, sign, C, d, a, b, record)
-
         for step in range(1, steps + 1):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            lower = run(a, b)
+            lower = self._pass(*fast, a, b)
             with torch.no_grad():
                 better = lower > best if best is not None else torch.ones_like(lower, dtype=torch.bool)
                 best = lower.detach() if best is None else torch.where(better, lower, best)
@@ -268,7 +275,7 @@ class _Problem:
                 adam_step(leaves[1:], grads[1:], moments[1:], step, lr, upper=None)
         record: dict = {}
         with torch.no_grad():  # rows are independent in the pass: the best slopes of each row reproduce its best
-            lower = run(best_a, best_b, record)
+            lower = self._pass(relax, sign, C, d, best_a.double(), best_b.double(), record)
         lower = torch.where(empty.unsqueeze(1), torch.full_like(lower, torch.inf), lower)  # no input: holds
         return lower, best_a, best_b, record, relax, used
 
@@ -276,7 +283,7 @@ class _Problem:
 def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadline: float,
            check: Callable[[Tensor], np.ndarray | None],
            side_attack: Callable[[float], np.ndarray | None] | None = None, max_batch: int = 256,
-           steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float64,
+           steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float32,
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
            closed: list | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
@@ -287,20 +294,19 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     domain carries only its disjunct's rows. max_batch: domains split per round at most (fewer when one pass's
     rows would exceed about 2e8 entries: conv nets; the batch starts at 8 and adapts to STEP_SECONDS); steps /
     root_steps: Adam steps per round / at the root.
-    dtype float32: the passes run in float32 and every domain they prove is bounded again in float64 from the
-    same slopes and multipliers (one pass, no optimization): only that float64 bound proves. retighten: see
+    dtype float32: the optimization steps run in float32; the layer bounds and each round's final bound, from the
+    best slopes and multipliers, stay float64 passes: only a float64 bound proves. retighten: see
     `_Problem.relaxations`. top_k: see `_Problem.branch`. closed: a list that gets {"cols": per ReLU node its
     splittable neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved
     (trusted: by the solver, `decide_region`) (for certificates).
     """
     start = time.perf_counter()
     problem = _Problem(network, lo, hi, rows, root, dtype, retighten)
-    exact = problem if dtype == torch.float64 else _Problem(network, lo, hi, rows, root, retighten=retighten)
     M, N = rows.M, problem.n_split
     sizes = sum(int(np.prod(node.op.out_shape)) for node in network.nodes)
     max_batch = int(max(1, min(max_batch, 2e8 / (M * sizes))))
     max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 72)))
-    stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "rechecked": 0, "stuck": 0}
+    stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
     disjunct = torch.arange(rows.K)
     splits = torch.zeros(rows.K, N, dtype=torch.int8)
@@ -328,11 +334,6 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         elif took > 2 * STEP_SECONDS:
             batch = max(batch // 2, 1)
         key = lower.amax(1) - PROOF_MARGIN  # a domain is proved when one row of its conjunction is
-        if exact is not problem and bool((key > 0).any()):  # float32 claims: re-derived in float64
-            claimed = (key > 0).nonzero().flatten()
-            again, *_ = exact.bound(splits[claimed], disjunct[claimed], alpha[claimed], beta[claimed], 0)  # root
-            key[claimed] = (again.amax(1) - PROOF_MARGIN).to(key.dtype)
-            stats["rechecked"] += claimed.numel()
         open_ = key <= 0
         if closed is not None and bool((~open_).any()):
             closed.append(tuple(x[~open_] for x in (splits, disjunct, alpha, beta)) + (False,))
@@ -356,9 +357,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         for j in stuck.tolist():  # a linear region: its LP decides it
             if time.perf_counter() > deadline:
                 break
-            kept = tuple(x[j] for x in used) if exact is problem else \
-                tuple(x[0] for x in exact.relaxations(splits[j:j + 1])[3])  # float64 bounds only
-            proved, x = exact.decide_region(network, kept, int(disjunct[j]), deadline)
+            proved, x = problem.decide_region(network, tuple(x[j] for x in used), int(disjunct[j]), deadline)
             found = None if proved or x is None else check(torch.as_tensor(x).reshape(1, -1))
             if found is not None:
                 return finish("violated", found)
@@ -383,6 +382,11 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         splits[n + torch.arange(n), choice] = -1
         disjunct, alpha, beta = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1)
         inherited, newest = (low.repeat(2, 1), up.repeat(2, 1)), problem.layer_of(choice).repeat(2)
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """t in dtype if it holds floats (masks stay bool)."""
+    return t.to(dtype) if t.is_floating_point() else t
 
 
 def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:

@@ -63,16 +63,20 @@ def root_of(net: Network, box: InputBox, C: np.ndarray, d: np.ndarray) -> dict:
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10**6), depth=st.integers(1, 2), width=st.integers(2, 5), n_splits=st.integers(0, 3))
-@example(seed=0, depth=2, width=2, n_splits=1)  # a one-point layer whose bounds, computed two ways, crossed by 1e-17
-def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits):
+@given(seed=st.integers(0, 10**6), depth=st.integers(1, 2), width=st.integers(2, 5), n_splits=st.integers(0, 3),
+       float32=st.booleans())
+@example(seed=0, depth=2, width=2, n_splits=1, float32=False)  # a one-point layer whose bounds, computed two ways,
+# crossed by 1e-17
+def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits, float32):
+    """With the Adam steps in float32 too: the bounds returned are float64 passes, below each domain's minimum."""
     rng, net, box = setup(seed, [3] + [width] * depth + [2])
     assume(net.n_relus <= 10)
     C, d = rng.normal(size=(2, 2)), np.zeros(2)
     prop = Property(((C[:1], np.zeros(1)), (C[1:], np.zeros(1))))
     rows = _Rows.of(prop, 2)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
-    problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, d))
+    problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, d),
+                                torch.float32 if float32 else torch.float64)
     assume(problem.n_split > 0)
     # a few random domains: split up to n_splits root-unstable neurons each
     B = 4
@@ -84,6 +88,7 @@ def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits)
     alpha = problem.start_alpha().expand(B, 1, -1).clone()
     beta = torch.tensor(rng.uniform(0, 2, size=(B, 1, problem.n_split)))  # any beta >= 0 is sound
     lower, *_ = problem.bound(splits, disjunct, alpha, beta, steps=15)
+    assert lower.dtype == torch.float64
     relu_layers = [i for i, r in enumerate(net.relu_after) if r]
     for b in range(B):
         phases = {}
@@ -166,7 +171,7 @@ def brute_min(net: Network, box: InputBox, C: np.ndarray) -> np.ndarray:
 @given(seed=st.integers(0, 10**6), width=st.integers(3, 5), disjuncts=st.integers(1, 2),
        shift=st.floats(-0.3, 0.3), float32=st.booleans(), top_k=st.sampled_from([1, 3]))
 def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift, float32, top_k):
-    """float32 passes: every domain they prove is re-bounded in float64, so a verdict never rests on float32; the
+    """float32 steps: every bound that proves is a float64 pass, so a verdict never rests on float32; the
     branching rule (score alone or smart branching) changes the order, never the answer."""
     rng, net, box = setup(seed, [3, width, width, 3])
     assume(abs(shift) > 1e-6)
