@@ -272,18 +272,19 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
        bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's).
-       The MILP pays for networks with at most MILP_MAX_SPLITTABLE root-unstable ReLUs, or MILP_ONE_LAYER_MAX in
-       a single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for
-       (trace None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still
-       open then, the root's layer bounds are refined by MILP (`refine.milp_layer_bounds`: neurons proved stable
-       are never split) for at most REFINE_SHARE of the time left, and the search starts again from the refined
-       root. Measured on MNIST 256x4 at 300 s: prop_11 eps 0.05, undecided by the search alone (92,109
-       domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in
-       all); with REFINE_AFTER 0.1, prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped
-       at 30 s, refined, searched again), at 0.2 it takes 34 s. With a single unstable layer the refinement has
-       nothing to refine (the first layer's bounds are exact): the disjuncts still open after the root round go to
-       the MILP of step 2 for at most REFINE_SHARE of the time left instead (trusted in a certificate like step
-       2's), and the search starts again if it has not decided.
+       The MILP pays for networks with at most MILP_MAX_SPLITTABLE root-unstable ReLUs, or MILP_ONE_LAYER_MAX in a
+       single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for (trace
+       None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the
+       root's layer bounds are refined by MILP (`refine.milp_layer_bounds`: neurons proved stable are never split) for
+       at most REFINE_SHARE of the time left, and the search starts again from the refined root, for the disjuncts the
+       first search left open. Measured on MNIST 256x4 at 300 s: prop_11 eps 0.05, undecided by the search alone (92,109
+       domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in all); with
+       REFINE_AFTER 0.1, prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped at 30 s, refined,
+       searched again), at 0.2 it takes 34 s. With a single unstable layer the refinement has nothing to refine (the
+       first layer's bounds are exact): the disjuncts still open after the root round go to the MILP of step 2 for at
+       most REFINE_SHARE of the time left instead (trusted in a certificate like step 2's), and the search starts again
+       for those disjuncts if it has not decided (for all of them when a certificate is asked for: the certificate takes
+       the second search's domains only).
     2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
        further: "stuck"),
        the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):
@@ -320,10 +321,10 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     if milp_slot or refine:
         first_end = start if milp_slot else min(start + REFINE_AFTER * (deadline - start), phase1_end)
 
-    def run(root: dict, until: float):
+    def run(root: dict, until: float, only: torch.Tensor | None = None):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,
                       check=lambda points: _check_candidates(network, rows, points, confirm)[0],
-                      closed=None if trace is None else trace["closed"])
+                      closed=None if trace is None else trace["closed"], only=only)
 
     result = run(root, first_end)
     stats = dict(result.stats)
@@ -345,8 +346,10 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
                                                               deadline=now + REFINE_SHARE * (deadline - now))
             root = by_node(network, layer_bounds)
         if trace is not None:
-            trace["closed"].clear()  # the search below covers every domain again
-        result = run(root, phase1_end)
+            trace["closed"].clear()  # with a certificate, the search below covers every disjunct again
+        again = result.still if trace is None else None
+        stats["searched_again"] = len(open_) if again is None else int(again.sum())
+        result = run(root, phase1_end, only=again)
         stats.update({key: value for key, value in result.stats.items() if key not in ("domains", "bound_calls")},
                      domains=stats["domains"] + result.stats["domains"],
                      bound_calls=stats["bound_calls"] + result.stats["bound_calls"])

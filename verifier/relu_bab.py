@@ -26,8 +26,9 @@ triangle height -l u / (u - l) in the domain's best row (BaBSR-like), or with th
 product is 0 (a lower slope 0 after a neuron zeroes its coefficient without removing its relaxation error: on
 MNIST 256x4 prop_3 eps 0.05 such domains looked finished, went to the MILP and the instance took 56 s; split by
 height, 20 s without the MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP
-(`milp.min_max` without binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box corner minimizing the best row's linear bound, and the caller's
-side attack, checked by `check` (float64, then onnxruntime on the original model).
+(`milp.min_max` without binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box
+corner minimizing the best row's linear bound, and the caller's side attack, checked by `check` (float64, then
+onnxruntime on the original model).
 Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``.
 The Adam steps run in float32 (`search`'s dtype) between float64 passes: the layer bounds (re-tightening included)
 and the bound each round ends with, from the best float32 iterate's slopes and multipliers, are float64.
@@ -285,7 +286,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            side_attack: Callable[[float], np.ndarray | None] | None = None, max_batch: int = 256,
            steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float32,
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
-           closed: list | None = None) -> SearchResult:
+           closed: list | None = None, only: Tensor | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     lo, hi (1, n_inputs) float64; rows: `bab._Rows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
@@ -298,7 +299,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     best slopes and multipliers, stay float64 passes: only a float64 bound proves. retighten: see
     `_Problem.relaxations`. top_k: see `_Problem.branch`. closed: a list that gets {"cols": per ReLU node its
     splittable neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved
-    (trusted: by the solver, `decide_region`) (for certificates).
+    (trusted: by the solver, `decide_region`) (for certificates). only: a mask (K,) of the disjuncts to search
+    (default all; the others count as decided elsewhere).
     """
     start = time.perf_counter()
     problem = _Problem(network, lo, hi, rows, root, dtype, retighten)
@@ -308,10 +310,10 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 72)))
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
-    disjunct = torch.arange(rows.K)
-    splits = torch.zeros(rows.K, N, dtype=torch.int8)
-    alpha = problem.start_alpha().expand(rows.K, M, -1)
-    beta = torch.zeros(rows.K, M, N, dtype=dtype)
+    disjunct = torch.arange(rows.K) if only is None else only.nonzero().flatten()
+    splits = torch.zeros(len(disjunct), N, dtype=torch.int8)
+    alpha = problem.start_alpha().expand(len(disjunct), M, -1)
+    beta = torch.zeros(len(disjunct), M, N, dtype=dtype)
     inherited, newest = None, None  # the parents' bounds of the splittable neurons; layer of the newest split
     pool, n_steps, batch = None, root_steps, 8
     if closed is not None:

@@ -196,6 +196,32 @@ def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift,
         assert bool(result.still.any())  # undecided only where a domain could not be split further
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_only_the_masked_disjuncts_are_searched(seed):
+    """Disjunct 0 violated (a threshold above the exact minimum), disjunct 1 ruled out (below it): the whole
+    property is violated; searching disjunct 1 alone (`only`) proves it, disjunct 0 alone finds the point."""
+    rng, net, box = setup(seed, [3, 4, 4, 3])
+    C = rng.normal(size=(2, 3))
+    exact = brute_min(net, box, C)
+    prop = Property(((C[:1], np.array([exact[0] + 0.05])), (C[1:], np.array([exact[1] - 0.05]))))
+    rows = _Rows.of(prop, 3)
+    d = np.concatenate([prop.objective_rows(k)[1] for k in range(2)])
+    lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
+
+    def run(only):
+        def check(points):  # a point counts for the searched disjuncts only
+            values = net.forward(points.numpy()) @ C.T
+            bad = ((values <= np.array([exact[0] + 0.05, exact[1] - 0.05])) & np.array(only)).any(1)
+            return points[bad][0].numpy() if bad.any() else None
+
+        return relu_bab.search(net, lo, hi, rows, root_of(net, box, C, d), deadline=time.perf_counter() + 20,
+                               check=check, only=torch.tensor(only))
+
+    assert run([False, True]).status == "holds"
+    second = run([True, False])
+    assert second.status == "violated" and prop.violated_by(net.forward(second.x))
+
+
 @pytest.fixture(scope="module", params=[(k, s) for k in TINY_KINDS for s in (0, 1, 2)], ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny_graph(request, tmp_path_factory):
     kind, seed = request.param
