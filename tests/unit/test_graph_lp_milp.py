@@ -163,13 +163,13 @@ def test_milp_with_a_time_limit_stays_sound_on_graphs(graph):
 
 
 def test_interior_point_and_simplex_give_the_same_lp_bound(graph, monkeypatch):
-    """Large LPs go to HiGHS's interior-point solver (solvers.IPM_ABOVE); forced on these small ones, its
+    """Large LPs go to HiGHS's interior-point solver (solver_highs.IPM_ABOVE); forced on these small ones, its
     re-derived bounds equal the warm-started simplex's (the same LP optimum, both re-derived soundly)."""
-    from verifier import solvers
+    from verifier import solver_highs
 
     _, box, C, d = problem(graph, 5, 0.05)
     simplex = lp.bound(graph, box, C, d)
-    monkeypatch.setattr(solvers, "IPM_ABOVE", 0)
+    monkeypatch.setattr(solver_highs, "IPM_ABOVE", 0)
     ipm = lp.bound(graph, box, C, d)
     assert all(s == "optimal" for s in ipm.info["status"])
     np.testing.assert_allclose(ipm.info["objective"], simplex.info["objective"], rtol=1e-6, atol=1e-6)

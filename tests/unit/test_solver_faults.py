@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from verifier import bound, solvers
+from verifier import bound, solver_highs, solvers
 from verifier.bounds import PROOF_MARGIN, milp, proves
 from verifier.bounds.enumerate import enumerate_bound
 from verifier.compare import decide
@@ -35,7 +35,7 @@ def _garbage_duals(problem: solvers.LinearProblem) -> dict:
 
 def _real(problem, c, offset, time_limit, cutoff, start) -> solvers.Solution:
     """The honest answer of HiGHS (through the raw backend, before any checking)."""
-    return solvers.HighsModel(problem)._solve(c, offset, time_limit=time_limit, cutoff=cutoff, start=start)
+    return solver_highs.HighsModel(problem)._solve(c, offset, time_limit=time_limit, cutoff=cutoff, start=start)
 
 
 # name -> the answer a faulty solver gives to (problem, c, offset, time_limit, cutoff, start)
