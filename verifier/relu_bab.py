@@ -87,7 +87,8 @@ class _Problem:
 
     def __init__(self, network: Network, lo: Tensor, hi: Tensor, rows, root: dict,
                  dtype: torch.dtype = torch.float64, retighten: bool = True) -> None:
-        self.network, self.fast = network.to(dtype=torch.float64), network.to(dtype=dtype)
+        self.network = network.to(dtype=torch.float64)
+        self.fast = self.network if dtype == torch.float64 else network.to(dtype=dtype)
         self.dtype, self.retighten = dtype, retighten
         self.centre, self.radius = ((lo + hi) / 2).double(), ((hi - lo) / 2).double()
         self.box = InputBox(lo[0].double().numpy(), hi[0].double().numpy())
@@ -253,9 +254,8 @@ class _Problem:
             relax, sign, empty, used = self.relaxations(splits, inherited, newest)
         C, d = self.C[disjunct], self.d[disjunct]
         fast = (relax, sign, C, d) if self.dtype == torch.float64 else (
-            {r: engine.Relaxation(**{f.name: _cast(getattr(x, f.name), self.dtype) for f in dataclasses.fields(x)})
-             for r, x in relax.items()},
-            {r: x.to(self.dtype) for r, x in sign.items()}, C.to(self.dtype), d.to(self.dtype))
+            {r: x.to(self.dtype) for r, x in relax.items()}, {r: x.to(self.dtype) for r, x in sign.items()},
+            C.to(self.dtype), d.to(self.dtype))
         a, b = alpha.to(self.dtype).clone(), beta.to(self.dtype).clone()
         best, best_a, best_b = None, a.clone(), b.clone()
         leaves = [a.requires_grad_(), b.requires_grad_()]
@@ -384,11 +384,6 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         splits[n + torch.arange(n), choice] = -1
         disjunct, alpha, beta = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1)
         inherited, newest = (low.repeat(2, 1), up.repeat(2, 1)), problem.layer_of(choice).repeat(2)
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """t in dtype if it holds floats (masks stay bool)."""
-    return t.to(dtype) if t.is_floating_point() else t
 
 
 def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:

@@ -52,6 +52,11 @@ class Relaxation:
     upper_slope: Tensor
     upper_offset: Tensor
 
+    def to(self, dtype: torch.dtype) -> "Relaxation":
+        """The same relaxation with its slopes and offsets in dtype (the mask stays bool)."""
+        return Relaxation(self.unstable, self.stable_slope.to(dtype), self.rule_slope.to(dtype),
+                          self.upper_slope.to(dtype), self.upper_offset.to(dtype))
+
     def lower_slope(self, alpha: Tensor | None) -> Tensor:
         """The rule's lower slopes, or alpha (clipped to [0, 1]) on the unstable neurons."""
         if alpha is None:
