@@ -276,8 +276,9 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for (trace
        None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the
        root's layer bounds are refined by MILP (`refine.milp_layer_bounds`: neurons proved stable are never split) for
-       at most REFINE_SHARE of the time left, and the search starts again from the refined root, for the disjuncts the
-       first search left open. Measured on MNIST 256x4 at 300 s: prop_11 eps 0.05, undecided by the search alone (92,109
+       at most REFINE_SHARE of the time left (and bounded again by alpha-CROWN over the refined bounds), and the
+       search starts again from the refined root, for the disjuncts the first search left open. Measured on MNIST
+       256x4 at 300 s (before that alpha-CROWN pass): prop_11 eps 0.05, undecided by the search alone (92,109
        domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in all); with
        REFINE_AFTER 0.1, prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped at 30 s, refined,
        searched again), at 0.2 it takes 34 s. With a single unstable layer the refinement has nothing to refine (the
@@ -299,9 +300,9 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
     open_ = list(range(len(prop.disjuncts))) if open_ is None else list(open_)
+    C = np.vstack([prop.objective_rows(k)[0] for k in open_])
+    d = np.concatenate([prop.objective_rows(k)[1] for k in open_])
     if layer_bounds is None:
-        C = np.vstack([prop.objective_rows(k)[0] for k in open_])
-        d = np.concatenate([prop.objective_rows(k)[1] for k in open_])
         layer_bounds = dual.bound(network, box, C, d, slopes="opt").layer_bounds
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
     rows = _Rows.of(sub, network.n_outputs)
@@ -343,7 +344,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
             from .bounds.refine import milp_layer_bounds
 
             layer_bounds, stats["refine"] = milp_layer_bounds(network, box, layer_bounds,
-                                                              deadline=now + REFINE_SHARE * (deadline - now))
+                                                              deadline=now + REFINE_SHARE * (deadline - now),
+                                                              objective=(C, d))
             root = by_node(network, layer_bounds)
         if trace is not None:
             trace["closed"].clear()  # with a certificate, the search below covers every disjunct again

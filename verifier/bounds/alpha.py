@@ -49,7 +49,7 @@ def adam_step(leaves: list, grads: tuple, moments: list, step: int, rate: float,
 
 
 def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, given: dict | None = None, *,
-             iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool | None = None,
+             reference: dict | None = None, iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool | None = None,
              deadline: float | None = None, ball: engine.Ball | None = None):
     """alpha-CROWN lower bounds (B, K) of ``C f(x) + d`` over boxes lo, hi (B, n_inputs); C (B or 1, K, n_outputs),
     d (B or 1, K); given: as `engine.node_bounds`. intermediate: optimize the intermediate passes' slopes too
@@ -64,7 +64,7 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
     B, K = lo.shape[0], C.shape[1]
     shapes = {r: network.nodes[r].op.out_shape for r in network.relu_nodes}
     with torch.no_grad():
-        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", given, ball=ball)
+        bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", given, reference=reference, ball=ball)
         best = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations, ball=ball)
     cols = {r: rel.unstable.reshape(B, -1).any(0).nonzero().flatten() for r, rel in relaxations.items()}
     cols = {r: c for r, c in cols.items() if c.numel()}

@@ -53,7 +53,7 @@ def _problem(network: Network, input_set: InputBox | InputBall, C: np.ndarray, d
 
 
 def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray | None = None, *,
-          layer_bounds: list | None = None, slopes: str = "adaptive", iterations: int = 50, lr: float = 0.5,
+          layer_bounds: list | None = None, reference: list | None = None, slopes: str = "adaptive", iterations: int = 50, lr: float = 0.5,
           time_limit: float | None = None, device: str = "cpu", dtype: torch.dtype = torch.float64) -> BoundResult:
     """Dual-network lower bounds of ``C @ f(x) + d`` over the box, or over an L2/L1 ball ∩ its clip box (every
     linear bound concretised over the set by `engine.concretize`); C (k, n_outputs), d (k,).
@@ -62,6 +62,7 @@ def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndar
     adaptive; the best bound seen per row and per layer-bound entry is kept; no step starts after time_limit
     seconds). layer_bounds: [(l, u)] flat numpy
     per `interval.relu_inputs` node (for a chain: per affine layer); the ReLU inputs then use exactly these.
+    reference: bounds in the same layout intersected with every layer's computed ones (they get tighter still).
     info: "slopes", "iterations" (0 unless opt) and "alpha", per ReLU node the rows' lower slopes (k, n_flat)
     (stable neurons: 1 active, 0 inactive), which `backward_bound` turns back into the bound.
     """
@@ -71,14 +72,16 @@ def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndar
         raise ValueError(f"unknown slopes {slopes!r}; use 'wk', 'adaptive' or 'opt'")
     net, lo, hi, Ct, dt, ball = _problem(network, box, C, d, device, dtype)
     given = None if layer_bounds is None else by_node(network, layer_bounds, dtype, device)
+    ref = None if reference is None else by_node(network, reference, dtype, device)
     row_slopes = None
     if slopes == "opt":
         deadline = None if time_limit is None else start + time_limit
-        lower, bounds, relaxations, row_slopes = alpha.optimize(net, lo, hi, Ct, dt, given, iterations=iterations,
-                                                                lr=lr, deadline=deadline, ball=ball)
+        lower, bounds, relaxations, row_slopes = alpha.optimize(net, lo, hi, Ct, dt, given, reference=ref,
+                                                                iterations=iterations, lr=lr, deadline=deadline,
+                                                                ball=ball)
     else:
         with torch.no_grad():
-            bounds, relaxations = engine.node_bounds(net, lo, hi, slopes, given, ball=ball)
+            bounds, relaxations = engine.node_bounds(net, lo, hi, slopes, given, reference=ref, ball=ball)
             lower = engine.rows_lower(net, lo, hi, Ct, dt, bounds, relaxations, ball=ball)
     k = C.shape[0]
     used = [relaxations[r].lower_slope((row_slopes or {}).get(r)) for r in network.relu_nodes]
