@@ -1,4 +1,4 @@
-"""Networks: an immutable DAG of operators (verifier/ops.py) over N-d tensors, evaluated in torch (float64).
+"""Networks: an immutable DAG of operators (verifier/ops/) over N-d tensors, evaluated in torch (float64).
 
 A `Network` holds nodes in topological order; node 0 is the `Input`, every other node an operator with the ids of
 its input nodes, and one node is the output. There is one forward, in torch (`forward_torch`); the numpy

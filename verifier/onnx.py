@@ -2,7 +2,7 @@
 
 Loading walks the ONNX graph in order. Constants (initializers, Constant nodes, shapes of data tensors, and nodes
 whose inputs are all constants) are evaluated in numpy. Every node on the data path goes through the operator
-table (`onnx_handlers.HANDLERS`), which adds verifier operators (ops.py) to the graph; MaxPool becomes an exact
+table (`onnx_handlers.HANDLERS`), which adds verifier operators (verifier/ops/) to the graph; MaxPool becomes an exact
 tree of ReLUs there. The graph is then simplified (fuse.py): a single path of dense-able affine maps and ReLUs
 becomes a dense chain of Affine layers, anything else a graph with adjacent affine operators fused. Saving
 (onnx_export.py) writes the graph back operator by operator.

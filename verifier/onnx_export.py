@@ -3,7 +3,7 @@
 Graph export (opset 13, fixed shapes: the ONNX shapes of the graph): Dense -> Reshape to (1, n) + Gemm (+ Reshape),
 Conv2d -> Conv, AvgPool2d -> AveragePool, Elementwise -> Mul/Add, Reshape, Transpose, Pad (constant), Concat,
 Sum -> Add/Sub (Mul for other coefficients), Gather -> Reshape + Pad (a zero appended) + Gather, ReLU -> Relu. A loaded
-MaxPool is saved as its exact ReLU rewrite (ops.py).
+MaxPool is saved as its exact ReLU rewrite (the ops package).
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""The ONNX operator table: one handler per operator on the data path, each adding operators (verifier/ops.py) to
+"""The ONNX operator table: one handler per operator on the data path, each adding operators (verifier/ops/) to
 the graph being built. Only verifier/onnx.py uses it.
 
 A handler gets the graph builder, the node's attributes and its inputs: `Data` for a data tensor (a node of the
 graph and its ONNX shape), a numpy array for a constant, None for an absent optional input. It returns the `Data`
 of its output, or raises ValueError with the reason (onnx.py adds the file, node and operator to the message).
-Shapes are ONNX shapes (a batch axis of 1 included); ops.py explains why.
+Shapes are ONNX shapes (a batch axis of 1 included); the ops package explains why.
 """
 from __future__ import annotations
 
@@ -298,7 +298,7 @@ def _average_pool(g: GraphBuilder, attrs: dict, args: list) -> Data:
 
 
 def _max_pool(g: GraphBuilder, attrs: dict, args: list) -> Data:
-    """MaxPool rewritten exactly into ReLUs (ops.py explains why): the window entries of every output are
+    """MaxPool rewritten exactly into ReLUs (the ops package explains why): the window entries of every output are
     gathered, padded to a power of two by repeating a valid entry (max(a, a) = a), and reduced pairwise by
     ``max(a, b) = b + relu(a - b)``, level by level."""
     x, kernel = args[0], tuple(int(k) for k in attrs["kernel_shape"])

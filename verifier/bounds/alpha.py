@@ -49,11 +49,11 @@ def adam_step(leaves: list, grads: tuple, moments: list, step: int, rate: float,
 
 
 def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, given: dict | None = None, *,
-             reference: dict | None = None, iterations: int = 50, lr: float = 0.5, decay: float = 0.98, intermediate: bool | None = None,
-             deadline: float | None = None, ball: engine.Ball | None = None):
+             reference: dict | None = None, iterations: int = 50, lr: float = 0.5, decay: float = 0.98,
+             intermediate: bool | None = None, deadline: float | None = None, ball: engine.Ball | None = None):
     """alpha-CROWN lower bounds (B, K) of ``C f(x) + d`` over boxes lo, hi (B, n_inputs); C (B or 1, K, n_outputs),
-    d (B or 1, K); given: as `engine.node_bounds`. intermediate: optimize the intermediate passes' slopes too
-    (else only the rows', with the adaptive layer bounds; None: when within INTERMEDIATE_BUDGET). deadline: no
+    d (B or 1, K); given, reference: as `engine.node_bounds`. intermediate: optimize the intermediate passes' slopes
+    too (else only the rows', with the adaptive layer bounds; None: when within INTERMEDIATE_BUDGET). deadline: no
     iteration starts after this time.perf_counter() (every iterate is sound: the best so far is kept). ball: each
     box intersected with this ball (`engine.concretize`).
 

@@ -53,8 +53,9 @@ def _problem(network: Network, input_set: InputBox | InputBall, C: np.ndarray, d
 
 
 def bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: np.ndarray | None = None, *,
-          layer_bounds: list | None = None, reference: list | None = None, slopes: str = "adaptive", iterations: int = 50, lr: float = 0.5,
-          time_limit: float | None = None, device: str = "cpu", dtype: torch.dtype = torch.float64) -> BoundResult:
+          layer_bounds: list | None = None, reference: list | None = None, slopes: str = "adaptive",
+          iterations: int = 50, lr: float = 0.5, time_limit: float | None = None, device: str = "cpu",
+          dtype: torch.dtype = torch.float64) -> BoundResult:
     """Dual-network lower bounds of ``C @ f(x) + d`` over the box, or over an L2/L1 ball ∩ its clip box (every
     linear bound concretised over the set by `engine.concretize`); C (k, n_outputs), d (k,).
 
