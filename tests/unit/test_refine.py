@@ -70,7 +70,7 @@ def test_refinement_settles_neurons_the_interval_bounds_leave_unstable():
 
 
 def test_alpha_pass_over_refined_bounds_stays_inside_them_and_sound():
-    """relu_split's pass after the refinement (`dual.bound(..., reference=...)`): every layer bound inside the
+    """The alpha-CROWN pass that ends the refinement (`dual.bound(..., reference=...)`): every layer bound inside the
     reference and around the exact range, the rows' bounds below their exact minima; and tighter than the
     reference somewhere (a pass that only copied it would pass the rest). The reference: halfway between the
     exact ranges and alpha-CROWN's bounds (sound, and tighter than the pass finds alone)."""

@@ -51,6 +51,7 @@ from .interval import by_node, relu_inputs
 from .milp import _cutoff, _read
 
 NEURON_SECONDS = 2.0  # time limit of one neuron's MILP
+ALPHA_SHARE = 0.1  # the alpha-CROWN pass after the MILPs stops after this share of the refinement's time
 STEPS = 20  # signed-gradient steps of the search for points that show each unstable entry's signs
 
 
@@ -158,7 +159,8 @@ def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, de
                 u[i], info["tightened"] = -proven, info["tightened"] + 1
             info["stabilized"] += int(l[i] >= 0 or u[i] <= 0)
     if objective is not None and info["tightened"]:
-        bounds = dual.bound(network, box, *objective, reference=bounds, slopes="opt").layer_bounds
+        bounds = dual.bound(network, box, *objective, reference=bounds, slopes="opt",
+                            time_limit=ALPHA_SHARE * (deadline - start)).layer_bounds
     info["unstable_after"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
     info["seconds"] = round(time.perf_counter() - start, 3)
     return bounds, info
