@@ -38,7 +38,7 @@ MILP_MAX_SPLITTABLE = 1000  # relu_split hands over to the MILP only with at mos
 MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-split search (1: only for what the
 # search leaves stuck; measured on MNIST 256x2 at 30 s: the search alone answers 30/30, 48 s in all)
 REFINE_AFTER = 0.2  # relu_split searches alone for this share of its time; still open, with at least
-REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds by MILP (bounds/refine.py) for
+REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds (bounds/refine.py) for
 REFINE_SHARE = 0.6  # at most this share of the time left, then searches again from the refined root
 MILP_ONE_LAYER_MAX = 20000  # with one ReLU layer unstable (up to this many root-unstable ReLUs), the MILP gets
 # that share right after the search's root round (not the refinement: the first layer's bounds are exact); measured
@@ -275,8 +275,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        The MILP pays for networks with at most MILP_MAX_SPLITTABLE root-unstable ReLUs, or MILP_ONE_LAYER_MAX in a
        single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for (trace
        None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the
-       root's layer bounds are refined by MILP (`refine.milp_layer_bounds`: neurons proved stable are never split) for
-       at most REFINE_SHARE of the time left (and bounded again by alpha-CROWN over the refined bounds), and the
+       root's layer bounds are refined (`refine.refine_layer_bounds`: the sign of an unstable neuron settled by this
+       search on the network cut at its layer; neurons proved stable are never split) for at most REFINE_SHARE of the time left (and bounded again by alpha-CROWN over the refined bounds), and the
        search starts again from the refined root, for the disjuncts the first search left open. Measured on MNIST
        256x4 at 300 s (before that alpha-CROWN pass): prop_11 eps 0.05, undecided by the search alone (92,109
        domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in all); with
@@ -341,11 +341,11 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
                     trace["milp"] = still
                 return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
         else:
-            from .bounds.refine import milp_layer_bounds
+            from .bounds.refine import refine_layer_bounds
 
-            layer_bounds, stats["refine"] = milp_layer_bounds(network, box, layer_bounds,
-                                                              deadline=now + REFINE_SHARE * (deadline - now),
-                                                              objective=(C, d))
+            layer_bounds, stats["refine"] = refine_layer_bounds(network, box, layer_bounds,
+                                                                deadline=now + REFINE_SHARE * (deadline - now),
+                                                                objective=(C, d))
             root = by_node(network, layer_bounds)
         if trace is not None:
             trace["closed"].clear()  # with a certificate, the search below covers every disjunct again

@@ -147,6 +147,10 @@ class Network:
         self._input_shape, self._source = shape, str(source)
 
     # --- the graph -------------------------------------------------------------------------------------
+    def upto(self, k: int) -> "Network":
+        """The network whose output is node k (its nodes up to k)."""
+        return Network(self._nodes[:k + 1], self._input_shape, self._source, output=k)
+
     @property
     def nodes(self) -> tuple:
         return self._nodes

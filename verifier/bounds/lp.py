@@ -149,11 +149,6 @@ def _short(value: np.ndarray, objective: np.ndarray) -> np.ndarray:
     return np.flatnonzero(value < objective - AGREEMENT * np.maximum(1.0, np.abs(objective)))
 
 
-def _truncated(network: Network, k: int) -> Network:
-    """The network whose output is node k (its nodes up to k)."""
-    return Network(network.nodes[:k + 1], network.input_shape, output=k)
-
-
 def lp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float | None = None,
                     backend: str = "highs") -> tuple[list, dict]:
     """LP-all: tighten the input bounds of every ReLU node that has a ReLU before it by the triangle LP up to its
@@ -169,7 +164,7 @@ def lp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, dead
         if before == 0:  # a linear function of the box: its bounds are exact already
             continue
         l, u = bounds[t]
-        sub = _truncated(network, k)
+        sub = network.upto(k)
         sub_bounds = bounds[:before] + ([] if isinstance(network.nodes[k].op, ops.ReLU) else [bounds[t]])
         unstable = np.flatnonzero(neuron_states(l, u)[2])
         for first in range(0, unstable.size, MAX_ENTRIES):  # blocks: the re-derivation's rows cost memory

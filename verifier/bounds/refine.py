@@ -1,39 +1,30 @@
-"""MILP-refined layer bounds: settle the sign of unstable ReLU inputs one MILP each, before a ReLU-split search.
+"""Refined layer bounds: settle the sign of unstable ReLU inputs, one small ReLU-split search each, before the search.
 
 A branch and bound splits every neuron its layer bounds leave unstable, and each one it needlessly splits doubles
 part of the tree. Layer bounds from bound propagation (alpha-CROWN, or the triangle LP, which equals it here) leave
-unstable many neurons that are stable on the box; the exact bound of a pre-activation over the box is a MILP over
-the ReLUs before it (few binaries for the second and third layers of a small MLP). α,β-CROWN's "bab-refine" runs
-such MILPs before its search on MNIST MLPs; this is that step, done with HiGHS.
+unstable many neurons that are stable on the box. α,β-CROWN's "bab-refine" settles them by one MILP each before
+its search on MNIST MLPs; here the same branch and bound that decides the property (relu_bab.search, alpha and
+beta optimized, batched) decides ``z_i > 0`` (or ``< 0``) on the network cut at z's node, within `neuron_seconds`.
 
-For each ReLU node after the first (in order, so each layer's MILP uses the refined bounds of the layers before
+For each ReLU node after the first (in order, so each layer's searches use the refined bounds of the layers before
 it), the unstable entries (l < 0 < u) are taken one at a time, those closest to stable first. A sign that a known
 point of the box already shows (the box's centre, points from signed-gradient steps that minimize and maximize
-each unstable entry, the points the MILPs find) cannot be proved impossible: an entry seen on both sides is left
-as it is and costs no MILP. Otherwise one MILP (the big-M encoding of `encode`, built once per layer) asks "is
-this pre-activation > 0 everywhere" (or "< 0") with a cutoff just above 0, within `neuron_seconds`:
-- pruned (no point at or below the cutoff): the neuron is stable; its bound moves to 0 (l := 0 or u := 0: the
-  cutoff's margin left to the solver's tolerance);
-- time limit: the solver's proven bound still tightens l (or u) (capped at 0: a proven bound under a cutoff
-  constraint is a bound of the true minimum only up to the cutoff);
-- a point below the cutoff: kept, it shows that sign for every later entry too.
-Before a layer's MILPs, once some bound before it got tighter, an adaptive pass of the bound engine with the
-refined bounds given re-bounds that layer and the later ones (intersected). The solver's bound counts only through
-`milp._read`, which rejects a bound above our float64 value at the solver's own point (DESIGN.md rule 2), as for
-every MILP here.
+each unstable entry, the points the searches find) cannot be proved impossible: an entry seen on both sides is
+left as it is and costs nothing. Otherwise the search for the nearer side runs: proved, the neuron is stable (l := 0
+or u := 0); a point of the other sign found, the other side is tried if no point showed it; open at the time limit,
+the entry stays as it is. Before a layer's searches, once some neuron before it became stable, an adaptive pass of
+the bound engine with the refined bounds given re-bounds that layer and the later ones (intersected). A proof is
+the search's: float64 bounds above PROOF_MARGIN (relu_bab.py).
 
 With the objective rows given, alpha-CROWN then bounds every layer again over the refined bounds (its
 intermediate slopes optimized for those rows, each layer intersected with the refined one: `dual.bound`'s
-reference): the MILPs' gains on a layer reach the later layers through optimized slopes, not the adaptive pass
-alone. Measured on MNIST 256x4 prop_14 eps 0.05 after 100 s of MILPs: the rows' alpha-CROWN bounds -0.98..-1.06
-over the refined bounds as they were, -0.57..-0.75 after that pass (1.8 s), layer 4's unstable neurons 111 -> 104;
-the instance (relu_split at 300 s, alone) then holds in 212 s, 10,884 domains (the search after the refinement:
-8 s), against 246 s and 21,968 domains without it.
+reference): the gains on a layer reach the later layers through optimized slopes, not the adaptive pass alone.
 
-Measured on MNIST 256x4 prop_11 eps 0.05 (alpha-CROWN bounds: 39 / 70 / 3 / 56 unstable per layer): with 1 s per
-MILP, 94 MILPs in 100 s made 13 neurons stable and the search after it stayed open; with 2 s (NEURON_SECONDS),
-81 MILPs in 135 s made 33 stable (45 and 46 left in layers 2 and 4) and the search then proved it. A MILP for
-layer 2 (39 binaries) takes 0.5-1 s when it proves stability; most of layer 4's reach the time limit.
+Measured on MNIST 256x4 eps 0.05, 100 s of refinement from alpha-CROWN's bounds (two processes at once on the
+2-core machine), stable neurons gained and the rows' alpha-CROWN bounds after it: prop_5 (55 / 128 / 7 / 142
+unstable per layer, rows -0.60..-0.81) by one MILP per neuron (HiGHS, big-M, 2 s each; 51 MILPs, the stable ones
+1.4-2.4 s each) 13, -0.49..-0.66; by a search per neuron (3 s each) 66, -0.21..-0.34 (layers 67 / 1 / 86 left);
+1 s of search then the MILP 41. prop_0 (45 / 86 / 5 / 67): searches of 1.5 s 32 stable, 6 s 50 (of 56 searched).
 """
 from __future__ import annotations
 
@@ -42,16 +33,14 @@ import time
 import numpy as np
 import torch
 
-from .. import solvers
 from ..network import Network
 from ..spec import InputBox
-from . import dual, encode, engine
+from . import dual, engine
 from .encode import relus_up_to
 from .interval import by_node, relu_inputs
-from .milp import _cutoff, _read
 
-NEURON_SECONDS = 2.0  # time limit of one neuron's MILP
-ALPHA_SHARE = 0.1  # the alpha-CROWN pass after the MILPs stops after this share of the refinement's time
+NEURON_SECONDS = 6.0  # time limit of one neuron's search
+ALPHA_SHARE = 0.1  # the alpha-CROWN pass after the searches stops after this share of the refinement's time
 STEPS = 20  # signed-gradient steps of the search for points that show each unstable entry's signs
 
 
@@ -96,15 +85,38 @@ def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> N
         bounds[i] = (np.maximum(bounds[i][0], l), np.minimum(bounds[i][1], u))
 
 
-def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float,
-                      neuron_seconds: float = NEURON_SECONDS, seed: int = 0, objective: tuple | None = None
-                      ) -> tuple[list, dict]:
+def settle_sign(network: Network, box: InputBox, bounds: list, t: int, i: int, side: float, deadline: float
+                ) -> tuple[str, np.ndarray | None]:
+    """Whether ``side * z_i > 0`` on the box, z the inputs (flat) of the t-th ReLU node, by the ReLU-split search
+    (`relu_bab.search`) on the network cut at that node, with the layer bounds bounds[:t + 1] (`interval.relu_inputs`
+    layout): ("holds", None), ("violated", a point of the box where it fails) or ("open", None) at the deadline
+    (time.perf_counter())."""
+    from .. import relu_bab
+    from ..bab import _Rows
+
+    cut = network.upto(relu_inputs(network)[t]).to("cpu", torch.float64)
+    row = torch.zeros(1, cut.n_outputs, dtype=torch.float64)
+    row[0, i] = side
+    lo, hi = (torch.tensor(x, dtype=torch.float64).unsqueeze(0) for x in (box.lo, box.hi))
+
+    def check(points: torch.Tensor) -> np.ndarray | None:
+        with torch.no_grad():
+            fails = (side * cut.forward_torch(points.double())[:, i] <= 0).nonzero().flatten()
+        return points[fails[0]].double().numpy() if len(fails) else None
+
+    result = relu_bab.search(cut, lo, hi, _Rows(row, torch.zeros(1, dtype=torch.float64), 1, 1),
+                             by_node(cut, bounds[:t + 1]), deadline=deadline, check=check)
+    return result.status, result.x
+
+
+def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float,
+                        neuron_seconds: float = NEURON_SECONDS, seed: int = 0, objective: tuple | None = None
+                        ) -> tuple[list, dict]:
     """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
-    after the first settled by MILP where the time (deadline: time.perf_counter()) allows, then, with objective
-    rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module docstring).
-    Returns (bounds, info: "milps", "stabilized", "tightened" (entries with a better bound, stabilized ones
-    included), "skipped" (both signs seen at known points), "unstable_before" / "unstable_after" per ReLU node,
-    "seconds")."""
+    after the first settled by a search each where the time (deadline: time.perf_counter()) allows, then, with
+    objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module docstring).
+    Returns (bounds, info: "searches", "stabilized", "skipped" (both signs seen at known points),
+    "unstable_before" / "unstable_after" per ReLU node, "seconds")."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
@@ -114,51 +126,33 @@ def milp_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, de
     lowest = [v.min(0) for v in seen]  # per ReLU node: the smallest / largest value seen at a point
     highest = [v.max(0) for v in seen]
     unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
-    info = {"milps": 0, "stabilized": 0, "tightened": 0, "skipped": 0, "unstable_before": unstable}
-    threshold = _cutoff(0.0)
+    info = {"searches": 0, "stabilized": 0, "skipped": 0, "unstable_before": unstable}
     for t, k in enumerate(relu_inputs(network)[:n_relus]):
         if not relus_up_to(network, k) or time.perf_counter() > deadline:
             continue  # the first layer is a linear function of the box: exact already
-        if info["tightened"]:  # the layers before got tighter: so do this one's bounds by a pass
+        if info["stabilized"]:  # the layers before got tighter: so do this one's bounds by a pass
             _tighten_by_pass(network, box, bounds, t)
         l, u = bounds[t]
         open_ = np.flatnonzero((l < 0) & (u > 0))
-        if open_.size == 0:
-            continue
-        problem, layout = encode.build_problem(network, box, bounds, k, "bigm")
-        model = solvers.open_model(problem, highs_options=solvers.MILP_QUICK)
-        M, c = layout.value
         for i in open_[np.argsort(np.minimum(-l[open_], u[open_]) / (u[open_] - l[open_]))]:
-            # side +1: zh_i > 0 everywhere (impossible once a point had zh_i <= 0); side -1: zh_i < 0 everywhere
+            # side +1: z_i > 0 everywhere (impossible once a point had z_i <= 0); side -1: z_i < 0 everywhere
             sides = [s for s, shown in ((1.0, lowest[t][i] <= 0), (-1.0, highest[t][i] >= 0)) if not shown]
             if not sides:
                 info["skipped"] += 1
-                continue
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            side = min(sides, key=lambda s: u[i] if s < 0 else -l[i])  # the nearer to stable
-            cost = side * M[i].toarray().reshape(-1)
-            result = model.solve(cost, side * float(c[i]), time_limit=min(neuron_seconds, left), cutoff=threshold)
-            info["milps"] += 1
-            at_point = None
-            if result.x is not None:
-                x = np.clip(result.x[:network.n_inputs], box.lo, box.hi)
-                values = pre_activations(network, x[None])
-                for j, v in enumerate(values):
+            for side in sorted(sides, key=lambda s: u[i] if s < 0 else -l[i]):  # the nearer to stable first
+                if time.perf_counter() >= deadline:
+                    break
+                status, x = settle_sign(network, box, bounds, t, i, side,
+                                        min(time.perf_counter() + neuron_seconds, deadline))
+                info["searches"] += 1
+                if status == "holds":  # stable: z_i > 0 (or < 0) everywhere
+                    l[i], u[i] = (0.0, u[i]) if side > 0 else (l[i], 0.0)
+                    info["stabilized"] += 1
+                if status != "violated":
+                    break
+                for j, v in enumerate(pre_activations(network, x[None])):  # a point shows this sign: the other?
                     lowest[j], highest[j] = np.minimum(lowest[j], v[0]), np.maximum(highest[j], v[0])
-                at_point = side * float(values[t][0, i])
-            _, proven, _ = _read(result, threshold, at_point)
-            if not np.isfinite(proven):
-                continue
-            proven = min(proven, 0.0)  # stable at 0 (a cutoff-wide margin for the solver's tolerance); and a
-            # bound proven under the cutoff constraint bounds the true minimum only up to the cutoff
-            if side > 0 and proven > l[i]:
-                l[i], info["tightened"] = proven, info["tightened"] + 1
-            elif side < 0 and -proven < u[i]:
-                u[i], info["tightened"] = -proven, info["tightened"] + 1
-            info["stabilized"] += int(l[i] >= 0 or u[i] <= 0)
-    if objective is not None and info["tightened"]:
+    if objective is not None and info["stabilized"]:
         bounds = dual.bound(network, box, *objective, reference=bounds, slopes="opt",
                             time_limit=ALPHA_SHARE * (deadline - start)).layer_bounds
     info["unstable_after"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
