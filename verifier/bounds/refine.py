@@ -116,7 +116,7 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
     after the first settled by a search each where the time (deadline: time.perf_counter()) allows, then, with
     objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module docstring).
     Returns (bounds, info: "searches", "stabilized", "skipped" (both signs seen at known points),
-    "unstable_before" / "unstable_after" per ReLU node, "seconds")."""
+    "unstable_before" / "unstable_after" / "layer_seconds" (its searches' time) per ReLU node, "seconds")."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
@@ -126,10 +126,12 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
     lowest = [v.min(0) for v in seen]  # per ReLU node: the smallest / largest value seen at a point
     highest = [v.max(0) for v in seen]
     unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
-    info = {"searches": 0, "stabilized": 0, "skipped": 0, "unstable_before": unstable}
+    info = {"searches": 0, "stabilized": 0, "skipped": 0, "unstable_before": unstable, "layer_seconds": []}
     for t, k in enumerate(relu_inputs(network)[:n_relus]):
+        info["layer_seconds"].append(0.0)
         if not relus_up_to(network, k) or time.perf_counter() > deadline:
             continue  # the first layer is a linear function of the box: exact already
+        layer_start = time.perf_counter()
         if info["stabilized"]:  # the layers before got tighter: so do this one's bounds by a pass
             _tighten_by_pass(network, box, bounds, t)
         l, u = bounds[t]
@@ -152,6 +154,7 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
                     break
                 for j, v in enumerate(pre_activations(network, x[None])):  # a point shows this sign: the other?
                     lowest[j], highest[j] = np.minimum(lowest[j], v[0]), np.maximum(highest[j], v[0])
+        info["layer_seconds"][t] = round(time.perf_counter() - layer_start, 3)
     if objective is not None and info["stabilized"]:
         bounds = dual.bound(network, box, *objective, reference=bounds, slopes="opt",
                             time_limit=ALPHA_SHARE * (deadline - start)).layer_bounds
