@@ -276,9 +276,10 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for (trace
        None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the
        root's layer bounds are refined (`refine.refine_layer_bounds`: the sign of an unstable neuron settled by this
-       search on the network cut at its layer; neurons proved stable are never split) for at most REFINE_SHARE of the time left (and bounded again by alpha-CROWN over the refined bounds), and the
-       search starts again from the refined root, for the disjuncts the first search left open. Measured on MNIST
-       256x4 at 300 s (before that alpha-CROWN pass): prop_11 eps 0.05, undecided by the search alone (92,109
+       search on the network cut at its layer; neurons proved stable are never split) for at most REFINE_SHARE of
+       the time left (and bounded again by alpha-CROWN over the refined bounds), and the search starts again from
+       the refined root, for the disjuncts the first search left open. Measured on MNIST 256x4 at 300 s (with one
+       MILP per neuron then, before that alpha-CROWN pass): prop_11 eps 0.05, undecided by the search alone (92,109
        domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in all); with
        REFINE_AFTER 0.1, prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped at 30 s, refined,
        searched again), at 0.2 it takes 34 s. With a single unstable layer the refinement has nothing to refine (the

@@ -76,9 +76,10 @@ def test_settled_signs_are_the_exact_ones():
         given = loose_bounds(net, box)
         for t, (low, high) in list(enumerate(exact_ranges(net, box)))[1:]:
             l, u = given[t]
+            cut = net.upto(relu_inputs(net)[t])
             for i in np.flatnonzero((l < 0) & (u > 0)):
                 for side in (1.0, -1.0):
-                    status, x = settle_sign(net, box, given, t, i, side, time.perf_counter() + 10)
+                    status, x = settle_sign(cut, box, given[:t + 1], i, side, time.perf_counter() + 10)
                     seen[status] = seen.get(status, 0) + 1
                     if status == "holds":
                         assert (low[i] > 0) if side > 0 else (high[i] < 0)

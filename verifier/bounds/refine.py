@@ -85,16 +85,15 @@ def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> N
         bounds[i] = (np.maximum(bounds[i][0], l), np.minimum(bounds[i][1], u))
 
 
-def settle_sign(network: Network, box: InputBox, bounds: list, t: int, i: int, side: float, deadline: float
+def settle_sign(cut: Network, box: InputBox, bounds: list, i: int, side: float, deadline: float
                 ) -> tuple[str, np.ndarray | None]:
-    """Whether ``side * z_i > 0`` on the box, z the inputs (flat) of the t-th ReLU node, by the ReLU-split search
-    (`relu_bab.search`) on the network cut at that node, with the layer bounds bounds[:t + 1] (`interval.relu_inputs`
-    layout): ("holds", None), ("violated", a point of the box where it fails) or ("open", None) at the deadline
-    (time.perf_counter())."""
+    """Whether ``side * z_i > 0`` on the box, z the (flat) output of `cut` (a network cut at the input of one of
+    its ReLU nodes: `Network.upto`, float64), by the ReLU-split search (`relu_bab.search`) with cut's layer bounds
+    (`interval.relu_inputs` layout of cut): ("holds", None), ("violated", a point of the box where it fails) or
+    ("open", None) at the deadline (time.perf_counter())."""
     from .. import relu_bab
     from ..bab import _Rows
 
-    cut = network.upto(relu_inputs(network)[t]).to("cpu", torch.float64)
     row = torch.zeros(1, cut.n_outputs, dtype=torch.float64)
     row[0, i] = side
     lo, hi = (torch.tensor(x, dtype=torch.float64).unsqueeze(0) for x in (box.lo, box.hi))
@@ -105,7 +104,7 @@ def settle_sign(network: Network, box: InputBox, bounds: list, t: int, i: int, s
         return points[fails[0]].double().numpy() if len(fails) else None
 
     result = relu_bab.search(cut, lo, hi, _Rows(row, torch.zeros(1, dtype=torch.float64), 1, 1),
-                             by_node(cut, bounds[:t + 1]), deadline=deadline, check=check)
+                             by_node(cut, bounds), deadline=deadline, check=check)
     return result.status, result.x
 
 
@@ -136,6 +135,7 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
             _tighten_by_pass(network, box, bounds, t)
         l, u = bounds[t]
         open_ = np.flatnonzero((l < 0) & (u > 0))
+        cut = network.upto(k).to("cpu", torch.float64)
         for i in open_[np.argsort(np.minimum(-l[open_], u[open_]) / (u[open_] - l[open_]))]:
             # side +1: z_i > 0 everywhere (impossible once a point had z_i <= 0); side -1: z_i < 0 everywhere
             sides = [s for s, shown in ((1.0, lowest[t][i] <= 0), (-1.0, highest[t][i] >= 0)) if not shown]
@@ -144,7 +144,7 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
             for side in sorted(sides, key=lambda s: u[i] if s < 0 else -l[i]):  # the nearer to stable first
                 if time.perf_counter() >= deadline:
                     break
-                status, x = settle_sign(network, box, bounds, t, i, side,
+                status, x = settle_sign(cut, box, bounds[:t + 1], i, side,
                                         min(time.perf_counter() + neuron_seconds, deadline))
                 info["searches"] += 1
                 if status == "holds":  # stable: z_i > 0 (or < 0) everywhere
