@@ -77,6 +77,7 @@ class SearchResult:
     x: np.ndarray | None
     still: Tensor
     stats: dict = field(default_factory=dict)
+    lower: Tensor | None = None  # per disjunct (K,), a lower bound of its best row over the box: see `search`
 
 
 class _Problem:
@@ -286,7 +287,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            side_attack: Callable[[float], np.ndarray | None] | None = None, max_batch: int = 256,
            steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float32,
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
-           closed: list | None = None, only: Tensor | None = None) -> SearchResult:
+           closed: list | None = None, only: Tensor | None = None, fair: bool = False,
+           refute: Callable[[Tensor, Tensor], Tensor] | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     lo, hi (1, n_inputs) float64; rows: `bab._Rows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
@@ -300,7 +302,15 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     `_Problem.relaxations`. top_k: see `_Problem.branch`. closed: a list that gets {"cols": per ReLU node its
     splittable neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved
     (trusted: by the solver, `decide_region`) (for certificates). only: a mask (K,) of the disjuncts to search
-    (default all; the others count as decided elsewhere).
+    (default all; the others count as decided elsewhere). fair: the domains of every disjunct in turn (`pop_lowest`)
+    rather than the lowest of all: for disjuncts that are separate questions (refine.py's rows), not one property.
+    refute(points (P, n), their disjuncts (P,)) -> (P,) bool, for such questions: which of the open domains' corners
+    violate their own disjunct; a disjunct so refuted (or with a linear region left undecided) is dropped from the
+    search (marked in `still`).
+    The result's `lower` (K,): per searched disjunct, unless a violation ended the search or one of its domains was
+    left undecided (then -inf, as for the disjuncts not searched), the lowest bound of its open domains (each
+    domain's best row, minus PROOF_MARGIN), PROOF_MARGIN when none is open: a lower bound over the box of
+    ``max_rows (C y + d)`` for that disjunct's rows.
     """
     start = time.perf_counter()
     problem = _Problem(network, lo, hi, rows, root, dtype, retighten)
@@ -311,6 +321,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
     disjunct = torch.arange(rows.K) if only is None else only.nonzero().flatten()
+    disjunct_searched = disjunct.clone()
     splits = torch.zeros(len(disjunct), N, dtype=torch.int8)
     alpha = problem.start_alpha().expand(len(disjunct), M, -1)
     beta = torch.zeros(len(disjunct), M, N, dtype=dtype)
@@ -319,9 +330,14 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     if closed is not None:
         closed.append({"cols": [problem.cols[r] for r in problem.relus]})
 
-    def finish(status: str, x=None) -> SearchResult:
+    def finish(status: str, x=None, open_keys: tuple | None = None) -> SearchResult:
+        lower = torch.full((rows.K,), -torch.inf, dtype=torch.float64)
+        if open_keys is not None:  # every open domain is in the pool: a disjunct's bound is its lowest key there
+            lower[disjunct_searched] = PROOF_MARGIN
+            lower = lower.scatter_reduce(0, open_keys[1], open_keys[0].double(), "amin")
+            lower[still] = -torch.inf  # a stuck domain left undecided: no bound
         stats["seconds"] = round(time.perf_counter() - start, 4)
-        return SearchResult(status, x, still, stats)
+        return SearchResult(status, x, still, stats, lower)
 
     while True:
         B = splits.shape[0]
@@ -347,6 +363,9 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         x = check(corners) if len(corners) else None
         if x is not None:
             return finish("violated", x)
+        if refute is not None and bool(open_.any()):
+            still[disjunct[open_][refute(corners[:int(open_.sum())], disjunct[open_])]] = True
+            open_ &= ~still[disjunct]
         # triangle height -l u / (u - l) = the upper line's offset (0 where stable)
         height = torch.cat([relax[r].upper_offset[:, 0].reshape(B, -1)[:, problem.cols[r]] for r in problem.relus],
                            1)
@@ -371,13 +390,16 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         choice = problem.branch(splits, disjunct, alpha, beta, relax, score, top_k)
         pool = merge_pool(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
                           beta[open_].float(), choice[open_], used[0][open_], used[1][open_])
+        if refute is not None:
+            pool = tuple(t[~still[pool[2]]] for t in pool)
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
         if len(pool[0]) == 0:
-            return finish("open" if still.any() else "holds")
+            return finish("open" if still.any() else "holds", open_keys=(pool[0], pool[2]))
         if time.perf_counter() > deadline or len(pool[0]) > max_pool:
+            result = finish("open", open_keys=(pool[0], pool[2]))
             still[pool[2]] = True
-            return finish("open")
-        (splits, disjunct, alpha, beta, choice, low, up), pool = pop_lowest(pool, batch)
+            return result
+        (splits, disjunct, alpha, beta, choice, low, up), pool = pop_lowest(pool, batch, fair)
         n = splits.shape[0]
         splits = splits.repeat(2, 1)
         splits[torch.arange(n), choice] = 1
@@ -391,11 +413,19 @@ def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:
     return parts if pool is None else tuple(torch.cat([a, b]) for a, b in zip(pool, parts))
 
 
-def pop_lowest(pool: tuple, batch: int) -> tuple[tuple, tuple]:
-    """The `batch` domains of lowest key (their tensors, key left out) and the rest of the pool."""
+def pop_lowest(pool: tuple, batch: int, fair: bool = False) -> tuple[tuple, tuple]:
+    """The `batch` domains of lowest key (their tensors, key left out) and the rest of the pool. fair (pool[2]: the
+    domains' disjuncts): the lowest of each disjunct first, then the second lowest of each, and so on."""
     key = pool[0]
     if len(key) <= batch:
         return pool[1:], tuple(t[:0] for t in pool)
     order = torch.argsort(key)
+    if fair:  # rank of each domain within its disjunct, by key; then by rank (ties: by key)
+        group = pool[2][order]
+        by_group = torch.argsort(group, stable=True)
+        counts = torch.bincount(group)
+        rank = torch.empty_like(order)
+        rank[by_group] = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[group[by_group]]
+        order = order[torch.argsort(rank, stable=True)]
     take, rest = order[:batch], order[batch:]
     return tuple(t[take] for t in pool[1:]), tuple(t[rest] for t in pool)

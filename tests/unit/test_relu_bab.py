@@ -257,3 +257,15 @@ def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, tmp
         random_network([3, 10, 3], np.random.default_rng(seed))
     stats = assert_relu_split_verdicts(net, seed + 20)
     assert any("milp_slot" in one for one in stats)  # the path ran
+
+
+def test_fair_popping_takes_every_disjunct_in_turn():
+    """pop_lowest(fair): the lowest domain of each disjunct before any disjunct's second, lowest keys first within
+    a rank; without fair, the lowest keys whatever their disjunct. The rest of the pool keeps every other domain."""
+    key = torch.tensor([-5.0, -4.0, -3.0, -0.1, -0.2, -9.0])
+    disjunct = torch.tensor([0, 0, 0, 1, 2, 0])
+    ids = torch.arange(6)
+    (taken_ids, _), rest = relu_bab.pop_lowest((key, ids, disjunct), 4, fair=True)
+    assert taken_ids.tolist() == [5, 4, 3, 0] and sorted(rest[1].tolist()) == [1, 2]
+    (taken_ids, _), rest = relu_bab.pop_lowest((key, ids, disjunct), 4)
+    assert sorted(taken_ids.tolist()) == [0, 1, 2, 5] and sorted(rest[1].tolist()) == [3, 4]

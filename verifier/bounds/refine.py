@@ -1,20 +1,21 @@
-"""Refined layer bounds: settle the sign of unstable ReLU inputs, one small ReLU-split search each, before the search.
+"""Refined layer bounds: settle the sign of unstable ReLU inputs by one batched ReLU-split search per layer.
 
 A branch and bound splits every neuron its layer bounds leave unstable, and each one it needlessly splits doubles
 part of the tree. Layer bounds from bound propagation (alpha-CROWN, or the triangle LP, which equals it here) leave
 unstable many neurons that are stable on the box. α,β-CROWN's "bab-refine" settles them by one MILP each before
 its search on MNIST MLPs; here the same branch and bound that decides the property (relu_bab.search, alpha and
-beta optimized, batched) decides ``z_i > 0`` (or ``< 0``) on the network cut at z's node, within `neuron_seconds`.
+beta optimized, batched) decides ``z_i > 0`` (or ``< 0``) on the network cut at z's node, for all of a layer's
+unstable entries at once: one row per (entry, side), each a question of its own (``fair``: the rows take turns).
 
-For each ReLU node after the first (in order, so each layer's searches use the refined bounds of the layers before
-it), the unstable entries (l < 0 < u) are taken one at a time, those closest to stable first. A sign that a known
-point of the box already shows (the box's centre, points from signed-gradient steps that minimize and maximize
-each unstable entry, the points the searches find) cannot be proved impossible: an entry seen on both sides is
-left as it is and costs nothing. Otherwise the search for the nearer side runs: proved, the neuron is stable (l := 0
-or u := 0); a point of the other sign found, the other side is tried if no point showed it; open at the time limit,
-the entry stays as it is. Before a layer's searches, once some neuron before it became stable, an adaptive pass of
-the bound engine with the refined bounds given re-bounds that layer and the later ones (intersected). A proof is
-the search's: float64 bounds above PROOF_MARGIN (relu_bab.py).
+For each ReLU node after the first (in order, so each layer's search uses the refined bounds of the layers before
+it), the unstable entries (l < 0 < u) share the time left with the later layers' (in proportion to their counts).
+A sign that a known point of the box already shows (the box's centre, points from signed-gradient steps that
+minimize and maximize each unstable entry) cannot be proved impossible: an entry seen on both sides is left as it
+is and costs nothing; a row whose search meets a point of the other sign (its domains' minimizing corners) is
+dropped. A row proved makes its neuron stable (l := 0 or u := 0); a row open at the layer's time limit still
+tightens its bound to its lowest open domain's (the best-first search raised it). Before a layer's search, once
+some bound before it moved, an adaptive pass of the bound engine with the refined bounds given re-bounds that layer
+and the later ones (intersected). A proof is the search's: float64 bounds above PROOF_MARGIN (relu_bab.py).
 
 With the objective rows given, alpha-CROWN then bounds every layer again over the refined bounds (its
 intermediate slopes optimized for those rows, each layer intersected with the refined one: `dual.bound`'s
@@ -22,9 +23,12 @@ reference): the gains on a layer reach the later layers through optimized slopes
 
 Measured on MNIST 256x4 eps 0.05, 100 s of refinement from alpha-CROWN's bounds (two processes at once on the
 2-core machine), stable neurons gained and the rows' alpha-CROWN bounds after it: prop_5 (55 / 128 / 7 / 142
-unstable per layer, rows -0.60..-0.81) by one MILP per neuron (HiGHS, big-M, 2 s each; 51 MILPs, the stable ones
-1.4-2.4 s each) 13, -0.49..-0.66; by a search per neuron (3 s each) 66, -0.21..-0.34 (layers 67 / 1 / 86 left);
-1 s of search then the MILP 41. prop_0 (45 / 86 / 5 / 67): searches of 1.5 s 32 stable, 6 s 50 (of 56 searched).
+unstable per layer, rows -0.60..-0.81): one MILP per neuron (HiGHS, big-M, 2 s each) 13 stable, rows -0.49..-0.66;
+one search per neuron (3 s each, closest to stable first) 66, -0.21..-0.34; one fair search per layer over the
+unsigned rows 120, +0.63..+0.71 (proved by the refinement alone). prop_0 (45 / 86 / 5 / 67, rows -1.38..-2.18): one
+search per neuron (6 s) 50, -1.02..-1.93; one per layer 39, -0.80..-1.22. Searched for tightening too, the rows
+whose sign a point shows (their lowest open bound) cost prop_5 its proof (rows -0.32..-0.51) for a small gain on
+prop_0 (-0.70..-1.21).
 """
 from __future__ import annotations
 
@@ -39,7 +43,6 @@ from . import dual, engine
 from .encode import relus_up_to
 from .interval import by_node, relu_inputs
 
-NEURON_SECONDS = 6.0  # time limit of one neuron's search
 ALPHA_SHARE = 0.1  # the alpha-CROWN pass after the searches stops after this share of the refinement's time
 STEPS = 20  # signed-gradient steps of the search for points that show each unstable entry's signs
 
@@ -85,77 +88,76 @@ def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> N
         bounds[i] = (np.maximum(bounds[i][0], l), np.minimum(bounds[i][1], u))
 
 
-def settle_sign(cut: Network, box: InputBox, bounds: list, i: int, side: float, deadline: float
-                ) -> tuple[str, np.ndarray | None]:
-    """Whether ``side * z_i > 0`` on the box, z the (flat) output of `cut` (a network cut at the input of one of
-    its ReLU nodes: `Network.upto`, float64), by the ReLU-split search (`relu_bab.search`) with cut's layer bounds
-    (`interval.relu_inputs` layout of cut): ("holds", None), ("violated", a point of the box where it fails) or
-    ("open", None) at the deadline (time.perf_counter())."""
+def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray, sides: np.ndarray,
+                 deadline: float) -> tuple[np.ndarray, dict]:
+    """Lower bounds over the box of ``sides[j] * z[entries[j]]`` (J,), z the (flat) output of `cut` (a network cut
+    at the input of one of its ReLU nodes: `Network.upto`, float64), by one ReLU-split search (`relu_bab.search`)
+    with cut's layer bounds (`interval.relu_inputs` layout of cut) and a row per (entry, side), taken in turn
+    (``fair``) until the deadline (time.perf_counter()): > 0 where the sign is proved, -inf where a point of the box
+    shows the other sign (or a linear region was left undecided), the row's lowest open bound otherwise. Also the
+    search's stats."""
     from .. import relu_bab
     from ..bab import _Rows
 
-    row = torch.zeros(1, cut.n_outputs, dtype=torch.float64)
-    row[0, i] = side
+    J = len(entries)
+    rows = torch.zeros(J, cut.n_outputs, dtype=torch.float64)
+    rows[torch.arange(J), torch.as_tensor(entries, dtype=torch.long)] = torch.as_tensor(sides, dtype=torch.float64)
     lo, hi = (torch.tensor(x, dtype=torch.float64).unsqueeze(0) for x in (box.lo, box.hi))
 
-    def check(points: torch.Tensor) -> np.ndarray | None:
+    def refute(points: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            fails = (side * cut.forward_torch(points.double())[:, i] <= 0).nonzero().flatten()
-        return points[fails[0]].double().numpy() if len(fails) else None
+            return (cut.forward_torch(points.double()) * rows[which]).sum(1) <= 0
 
-    result = relu_bab.search(cut, lo, hi, _Rows(row, torch.zeros(1, dtype=torch.float64), 1, 1),
-                             by_node(cut, bounds), deadline=deadline, check=check)
-    return result.status, result.x
+    result = relu_bab.search(cut, lo, hi, _Rows(rows, torch.zeros(J, dtype=torch.float64), J, 1),
+                             by_node(cut, bounds), deadline=deadline, check=lambda points: None, fair=True,
+                             refute=refute)
+    return result.lower.numpy(), result.stats
 
 
-def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float,
-                        neuron_seconds: float = NEURON_SECONDS, seed: int = 0, objective: tuple | None = None
-                        ) -> tuple[list, dict]:
+def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float, seed: int = 0,
+                        objective: tuple | None = None) -> tuple[list, dict]:
     """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
-    after the first settled by a search each where the time (deadline: time.perf_counter()) allows, then, with
-    objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module docstring).
-    Returns (bounds, info: "searches", "stabilized", "skipped" (both signs seen at known points),
-    "unstable_before" / "unstable_after" / "layer_seconds" (its searches' time) per ReLU node, "seconds")."""
+    after the first settled (or tightened) by one search per node where the time (deadline: time.perf_counter())
+    allows, then, with objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module
+    docstring). Returns (bounds, info: "searches" (rows searched), "stabilized", "tightened" (bounds moved without
+    a sign), "skipped" (both signs seen at known points), "domains", "unstable_before" / "unstable_after" /
+    "layer_seconds" (its search's time) per ReLU node, "seconds")."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
     entries = np.flatnonzero(np.concatenate([(l < 0) & (u > 0) for l, u in bounds[:n_relus]]))
-    known = [box.center[None], extreme_points(network, box, entries, seed=seed)]
-    seen = pre_activations(network, np.concatenate(known))
-    lowest = [v.min(0) for v in seen]  # per ReLU node: the smallest / largest value seen at a point
-    highest = [v.max(0) for v in seen]
+    seen = pre_activations(network, np.concatenate([box.center[None], extreme_points(network, box, entries, seed=seed)]))
     unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
-    info = {"searches": 0, "stabilized": 0, "skipped": 0, "unstable_before": unstable, "layer_seconds": []}
+    info = {"searches": 0, "stabilized": 0, "tightened": 0, "skipped": 0, "domains": 0, "unstable_before": unstable,
+            "layer_seconds": []}
     for t, k in enumerate(relu_inputs(network)[:n_relus]):
         info["layer_seconds"].append(0.0)
-        if not relus_up_to(network, k) or time.perf_counter() > deadline:
+        now = time.perf_counter()
+        if not relus_up_to(network, k) or now > deadline:
             continue  # the first layer is a linear function of the box: exact already
-        layer_start = time.perf_counter()
-        if info["stabilized"]:  # the layers before got tighter: so do this one's bounds by a pass
+        if info["stabilized"] + info["tightened"]:  # the layers before got tighter: so do this one's by a pass
             _tighten_by_pass(network, box, bounds, t)
         l, u = bounds[t]
         open_ = np.flatnonzero((l < 0) & (u > 0))
-        cut = network.upto(k).to("cpu", torch.float64)
-        for i in open_[np.argsort(np.minimum(-l[open_], u[open_]) / (u[open_] - l[open_]))]:
-            # side +1: z_i > 0 everywhere (impossible once a point had z_i <= 0); side -1: z_i < 0 everywhere
-            sides = [s for s, shown in ((1.0, lowest[t][i] <= 0), (-1.0, highest[t][i] >= 0)) if not shown]
-            if not sides:
-                info["skipped"] += 1
-            for side in sorted(sides, key=lambda s: u[i] if s < 0 else -l[i]):  # the nearer to stable first
-                if time.perf_counter() >= deadline:
-                    break
-                status, x = settle_sign(cut, box, bounds[:t + 1], i, side,
-                                        min(time.perf_counter() + neuron_seconds, deadline))
-                info["searches"] += 1
-                if status == "holds":  # stable: z_i > 0 (or < 0) everywhere
-                    l[i], u[i] = (0.0, u[i]) if side > 0 else (l[i], 0.0)
-                    info["stabilized"] += 1
-                if status != "violated":
-                    break
-                for j, v in enumerate(pre_activations(network, x[None])):  # a point shows this sign: the other?
-                    lowest[j], highest[j] = np.minimum(lowest[j], v[0]), np.maximum(highest[j], v[0])
-        info["layer_seconds"][t] = round(time.perf_counter() - layer_start, 3)
-    if objective is not None and info["stabilized"]:
+        # side +1: z_i > 0 everywhere (impossible once a point had z_i <= 0); side -1: z_i < 0 everywhere
+        low, high = seen[t].min(0)[open_] > 0, seen[t].max(0)[open_] < 0
+        rows, sides = np.concatenate([open_[low], open_[high]]), np.repeat([1.0, -1.0], [low.sum(), high.sum()])
+        info["skipped"] += len(open_) - len(rows)
+        later = sum(int(((l_ < 0) & (u_ > 0)).sum()) for l_, u_ in bounds[t + 1:n_relus])
+        if len(rows):  # the time left shared by the unstable entries of this layer and the later ones
+            share = (deadline - now) * len(open_) / (len(open_) + later)
+            lower, stats = settle_signs(network.upto(k).to("cpu", torch.float64), box, bounds[:t + 1], rows, sides,
+                                        min(now + share, deadline))
+            up, proved = sides > 0, lower > 0
+            moved = ~proved & (lower > np.where(up, l[rows], -u[rows]))  # z_i >= lower (side +1), -z_i >= lower
+            l[rows[up & proved]], u[rows[~up & proved]] = 0.0, 0.0  # stable
+            l[rows[up & moved]], u[rows[~up & moved]] = lower[up & moved], -lower[~up & moved]
+            info["searches"] += len(rows)
+            info["stabilized"] += int(proved.sum())
+            info["tightened"] += int(moved.sum())
+            info["domains"] += stats["domains"]
+        info["layer_seconds"][t] = round(time.perf_counter() - now, 3)
+    if objective is not None and info["stabilized"] + info["tightened"]:
         bounds = dual.bound(network, box, *objective, reference=bounds, slopes="opt",
                             time_limit=ALPHA_SHARE * (deadline - start)).layer_bounds
     info["unstable_after"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
