@@ -37,11 +37,12 @@ MIN_RELATIVE_WIDTH = 1e-10  # a box this thin (relative to the root) and still o
 MILP_MAX_SPLITTABLE = 1000  # relu_split hands over to the MILP only with at most this many root-unstable ReLUs
 MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-split search (1: only for what the
 # search leaves stuck; measured on MNIST 256x2 at 30 s: the search alone answers 30/30, 48 s in all)
-REFINE_AFTER = 0.2  # relu_split searches alone for this share of its time; still open, with at least
+REFINE_AFTER = 0.1  # relu_split searches alone for this share of its time; still open, with at least
 REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds (bounds/refine.py) for
-REFINE_SHARE = 0.6  # at most this share of the time left, then searches again from the refined root
-MILP_ONE_LAYER_MAX = 20000  # with one ReLU layer unstable (up to this many root-unstable ReLUs), the MILP gets
-# that share right after the search's root round (not the refinement: the first layer's bounds are exact); measured
+REFINE_SHARE = 0.25  # at most this share of the time left, then searches again from the refined root
+MILP_SLOT_SHARE = 0.6  # with one ReLU layer unstable (up to MILP_ONE_LAYER_MAX root-unstable ReLUs), the MILP gets
+MILP_ONE_LAYER_MAX = 20000  # this share of the time left right after the search's root round (not the
+# refinement: the first layer's bounds are exact); measured
 # on verivital avgpool (4,410-5,299 unstable): prop_7 / 12 / 14 eps 0.04 open after 300 s of search (2,790-6,211
 # domains), each decided by the MILP in 1.4-3.5 s (HiGHS prunes at its root: the triangle relaxation of one layer
 # is nearly tight); with the MILP after the search's first fifth they took 63-65 s at 300 s. 20,000 caps the
@@ -275,18 +276,19 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        The MILP pays for networks with at most MILP_MAX_SPLITTABLE root-unstable ReLUs, or MILP_ONE_LAYER_MAX in a
        single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for (trace
        None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the
-       root's layer bounds are refined (`refine.refine_layer_bounds`: the sign of an unstable neuron settled by this
-       search on the network cut at its layer; neurons proved stable are never split) for at most REFINE_SHARE of
-       the time left (and bounded again by alpha-CROWN over the refined bounds), and the search starts again from
-       the refined root, for the disjuncts the first search left open. Measured on MNIST 256x4 at 300 s (with one
-       MILP per neuron then, before that alpha-CROWN pass): prop_11 eps 0.05, undecided by the search alone (92,109
-       domains), holds in 208 s (143 s refining made 35 of 168 splittable neurons stable; 16,220 domains in all); with
-       REFINE_AFTER 0.1, prop_8 eps 0.03, which the search alone proves in 37 s, took 162 s (stopped at 30 s, refined,
-       searched again), at 0.2 it takes 34 s. With a single unstable layer the refinement has nothing to refine (the
-       first layer's bounds are exact): the disjuncts still open after the root round go to the MILP of step 2 for at
-       most REFINE_SHARE of the time left instead (trusted in a certificate like step 2's), and the search starts again
-       for those disjuncts if it has not decided (for all of them when a certificate is asked for: the certificate takes
-       the second search's domains only).
+       root's layer bounds are refined (`refine.refine_layer_bounds`: the signs of a layer's unstable neurons settled
+       by this search on the network cut at that layer; neurons proved stable are never split) for at most
+       REFINE_SHARE of the time left (and bounded again by alpha-CROWN over the refined bounds), and the search
+       starts again from the refined root, for the disjuncts the first search left open. Measured on MNIST 256x4
+       eps 0.05 at 300 s (undecided by the search alone: prop_11 92,109 domains), with REFINE_AFTER 0.2, REFINE_SHARE
+       0.6 / 0.4 / 0.25: prop_5 207 / 159 / 124 s, prop_11 206 / 158 / -, prop_14 207 / 159 / 124 s, each proved at
+       the refined root (the refinement, one search per layer, takes its whole share: rows it can neither prove nor
+       refute stay open); REFINE_AFTER 0.1 and REFINE_SHARE 0.25: prop_5 101 s, prop_8 eps 0.03 27 s (the first
+       search alone; with one MILP per neuron it had taken 162 s at REFINE_AFTER 0.1). With a single unstable layer
+       the refinement has nothing to refine (the first layer's bounds are exact): the disjuncts still open after the
+       root round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time left instead (trusted in a
+       certificate like step 2's), and the search starts again for those disjuncts if it has not decided (for all of
+       them when a certificate is asked for: the certificate takes the second search's domains only).
     2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
        further: "stuck"),
        the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):
@@ -335,7 +337,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         if milp_slot:  # one layer: the MILP, for the disjuncts still open
             still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
             status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds,
-                                                now + REFINE_SHARE * (deadline - now), confirm)
+                                                now + MILP_SLOT_SHARE * (deadline - now), confirm)
             stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
             if status in (HOLDS, VIOLATED):
                 if trace is not None and status == HOLDS:

@@ -76,7 +76,8 @@ def unstable_rows(net, box: InputBox):
         l, u = given[t]
         entries = np.tile(np.flatnonzero((l < 0) & (u > 0)), 2)
         sides = np.repeat([1.0, -1.0], len(entries) // 2)
-        yield t, net.upto(relu_inputs(net)[t]), given[:t + 1], entries, sides, np.where(sides > 0, low[entries], -high[entries])
+        exact = np.where(sides > 0, low[entries], -high[entries])
+        yield t, net.upto(relu_inputs(net)[t]), given[:t + 1], entries, sides, exact
 
 
 def test_settled_signs_are_the_exact_ones():

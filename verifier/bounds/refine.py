@@ -126,7 +126,8 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
     entries = np.flatnonzero(np.concatenate([(l < 0) & (u > 0) for l, u in bounds[:n_relus]]))
-    seen = pre_activations(network, np.concatenate([box.center[None], extreme_points(network, box, entries, seed=seed)]))
+    seen = pre_activations(network, np.concatenate([box.center[None],
+                                                    extreme_points(network, box, entries, seed=seed)]))
     unstable = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
     info = {"searches": 0, "stabilized": 0, "tightened": 0, "skipped": 0, "domains": 0, "unstable_before": unstable,
             "layer_seconds": []}
