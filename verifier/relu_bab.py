@@ -321,7 +321,6 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
     disjunct = torch.arange(rows.K) if only is None else only.nonzero().flatten()
-    disjunct_searched = disjunct.clone()
     splits = torch.zeros(len(disjunct), N, dtype=torch.int8)
     alpha = problem.start_alpha().expand(len(disjunct), M, -1)
     beta = torch.zeros(len(disjunct), M, N, dtype=dtype)
@@ -330,11 +329,11 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     if closed is not None:
         closed.append({"cols": [problem.cols[r] for r in problem.relus]})
 
-    def finish(status: str, x=None, open_keys: tuple | None = None) -> SearchResult:
+    def finish(status: str, x=None, pool: tuple | None = None) -> SearchResult:
         lower = torch.full((rows.K,), -torch.inf, dtype=torch.float64)
-        if open_keys is not None:  # every open domain is in the pool: a disjunct's bound is its lowest key there
-            lower[disjunct_searched] = PROOF_MARGIN
-            lower = lower.scatter_reduce(0, open_keys[1], open_keys[0].double(), "amin")
+        if pool is not None:  # every open domain is in the pool: a disjunct's bound is its lowest key there
+            lower[torch.ones(rows.K, dtype=torch.bool) if only is None else only] = PROOF_MARGIN
+            lower = lower.scatter_reduce(0, pool[2], pool[0].double(), "amin")
             lower[still] = -torch.inf  # a stuck domain left undecided: no bound
         stats["seconds"] = round(time.perf_counter() - start, 4)
         return SearchResult(status, x, still, stats, lower)
@@ -394,9 +393,9 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             pool = tuple(t[~still[pool[2]]] for t in pool)
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
         if len(pool[0]) == 0:
-            return finish("open" if still.any() else "holds", open_keys=(pool[0], pool[2]))
+            return finish("open" if still.any() else "holds", pool=pool)
         if time.perf_counter() > deadline or len(pool[0]) > max_pool:
-            result = finish("open", open_keys=(pool[0], pool[2]))
+            result = finish("open", pool=pool)
             still[pool[2]] = True
             return result
         (splits, disjunct, alpha, beta, choice, low, up), pool = pop_lowest(pool, batch, fair)
