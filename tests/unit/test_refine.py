@@ -30,7 +30,7 @@ def exact_ranges(net, box: InputBox) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def loose_bounds(net, box: InputBox) -> list:
-    """Interval bounds (loose: much for the MILPs to settle)."""
+    """Interval bounds (loose: much for the refinement to settle)."""
     return bound(net, box, np.eye(net.n_outputs)[:1], method="ibp").layer_bounds
 
 
