@@ -39,6 +39,12 @@ vs float64 (the search alone, one torch thread): MNIST 256x4 prop_3 eps 0.05 pro
 in 19.8 vs 22.9 s (7855 vs 7797 domains); in 120 s on prop_14 eps 0.05 / prop_6 eps 0.03 (open), 29767 / 30591 vs
 25479 / 22399 domains; marabou_cifar10 small index 9409, 40 s: 615 vs 447. (Before, float32 claims were re-derived
 from the root's layer bounds, without the re-tightened ones: 13,816 of 14,372 failed on MNIST 256x4 prop_5 eps 0.05.)
+Tried and left out (MNIST 256x4 eps 0.05): a new split's multipliers started where the child's first pass gives its
+parent's bound back: children below their parent fell from 17-22 % to 6-8 % of them (prop_0, first 25 s); with
+children's keys floored at their parent's, the suite was unchanged (21/30, 3,154 s against 3,064 s); adding
+multipliers of ``z <= u`` on active neurons (so the active child gets its parent's upper line back too) cost a third
+of prop_13's domains in 300 s, no proof gained. BaBSR's intercept score (only rows reaching a neuron with a negative
+coefficient): prop_3 proved in 41 s instead of 10 s.
 """
 from __future__ import annotations
 
