@@ -284,7 +284,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        0.6 / 0.4 / 0.25: prop_5 207 / 159 / 124 s, prop_11 206 / 158 / -, prop_14 207 / 159 / 124 s, each proved at
        the refined root (the refinement, one search per layer, takes its whole share: rows it can neither prove nor
        refute stay open); REFINE_AFTER 0.1 and REFINE_SHARE 0.25: prop_5 101 s, prop_8 eps 0.03 27 s (the first
-       search alone; with one MILP per neuron it had taken 162 s at REFINE_AFTER 0.1). With a single unstable layer
+       search alone; borderline: 101 s in two later runs, refined first; with one MILP per neuron it had taken
+       162 s at REFINE_AFTER 0.1). With a single unstable layer
        the refinement has nothing to refine (the first layer's bounds are exact): the disjuncts still open after the
        root round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time left instead (trusted in a
        certificate like step 2's), and the search starts again for those disjuncts if it has not decided (for all of
