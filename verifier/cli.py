@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--intermediate", choices=["dual", "lp"], default="dual",
                       help="layer bounds for lp/milp: from the dual pass or by LPs per layer (default dual)")
     opts.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit per sample, s (default 60)")
-    opts.add_argument("--device", default="cpu", help="torch device for the dual pass and attacks (default cpu)")
+    opts.add_argument("--device", default="cpu", help="torch device for the dual pass and attacks of --eps and "
+                      "--smoothing runs (default cpu; --vnnlib and --instances run on the CPU)")
     opts.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
     smooth = p.add_argument_group("randomized smoothing (certified L2 radii)")
     smooth.add_argument("--smoothing", type=float, metavar="SIGMA",
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, parser) -> int:
     if args.norm is not None and (args.vnnlib is not None or args.instances is not None):
         raise InputError("--norm is for balls around samples (--eps); VNN-LIB properties are boxes")
+    if args.device != "cpu" and (args.vnnlib is not None or args.instances is not None):
+        raise InputError(f"--device {args.device} is for --eps and --smoothing runs: VNN-LIB properties are decided "
+                         "on the CPU")
     if args.instances is not None:
         return run_instances(args)
     if args.model is None:
@@ -247,7 +251,7 @@ def run_vnnlib(args) -> int:
         raise InputError(f"{args.vnnlib}: no such file")
     network = load_onnx(args.model)
     start = time.perf_counter()
-    verdict = verify_instance(network, args.vnnlib, args.timeout, certificate=args.certificate)
+    verdict = verify_instance(network, args.vnnlib, args.timeout, seed=args.seed, certificate=args.certificate)
     seconds = time.perf_counter() - start
     cert = verdict.stats.get("certificate")
     if cert is not None and cert["written"]:
@@ -327,7 +331,7 @@ def run_instances(args) -> int:
         from .suite import run_suite
 
         _, summary = run_suite(args.instances, timeout_scale=args.timeout_scale, out=args.out, workers=args.workers,
-                               client=client, resume=args.resume)
+                               client=client, resume=args.resume, seed=args.seed)
     return 3 if summary["wrong"] else 130 if summary["interrupted"] else 4 if summary["error"] else 0
 
 

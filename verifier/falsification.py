@@ -38,7 +38,7 @@ def _violation(C: torch.Tensor, d: torch.Tensor, valid: torch.Tensor, hinge: boo
 def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | None = None,
             steps: int | None = None, step_size: float = 0.1, final_step: float = 0.001, leak: float = 0.1,
             seed: int = 0, time_limit: float = 10.0, rounds: int | None = None, device="cpu", dtype=None,
-            check: bool = True, first_round: int = 0) -> AttackResult:
+            check: bool = True, first_round: int = 0, step_scale: float | None = None) -> AttackResult:
     """Search the box for a point whose outputs reach an unsafe conjunction of prop.
 
     Tries, in order: the box centre; the FGSM corner of each disjunct (gradient sign at the centre); then rounds
@@ -46,7 +46,8 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
     ``max_rows (C_k y - d_k)`` of each disjunct k (descending the hinge ``sum_rows max(C_k y - d_k, 0)``:
     `_violation`). Round r uses seed + first_round + r; rounds continue until a
     point is confirmed, `rounds` rounds ran (None = no limit), or time_limit seconds passed; rounds cycle through
-    step sizes (ROUND_STEP_SCALES, from index first_round: a caller's successive short calls cycle too).
+    step sizes (ROUND_STEP_SCALES, from index first_round: a caller's successive short calls cycle too), or take
+    step_scale times step_size and final_step in every round.
     restarts/steps default to a size-dependent choice (ROUND_WORK, BASE_STEPS), tuned on ACAS Xu and MNIST
     (benchmarks/attacks.py). value =
     ``prop.unsafe_value(f(x))`` of our float64 forward (<= 0: violated); success only once onnxruntime agrees
@@ -99,7 +100,8 @@ def falsify(network: Network, box: InputBox, prop: Property, *, restarts: int | 
     round_index = 0
     while found is None and time.perf_counter() < deadline and (rounds is None or round_index < rounds):
         generator = torch.Generator().manual_seed(int(seed) + first_round + round_index)
-        size = ROUND_STEP_SCALES[(first_round + round_index) % len(ROUND_STEP_SCALES)]
+        size = ROUND_STEP_SCALES[(first_round + round_index) % len(ROUND_STEP_SCALES)] if step_scale is None \
+            else step_scale
         x, _, _ = _pgd_core(forward, lo, hi, objective, loss, start=centre, norm="linf", radius=None,
                             restarts=restarts, steps=steps, step_size=step_size * size,
                             final_step=final_step * size, generator=generator, stop="any", leak=leak,

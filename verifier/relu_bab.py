@@ -44,7 +44,11 @@ parent's bound back: children below their parent fell from 17-22 % to 6-8 % of t
 children's keys floored at their parent's, the suite was unchanged (21/30, 3,154 s against 3,064 s); adding
 multipliers of ``z <= u`` on active neurons (so the active child gets its parent's upper line back too) cost a third
 of prop_13's domains in 300 s, no proof gained. BaBSR's intercept score (only rows reaching a neuron with a negative
-coefficient): prop_3 proved in 41 s instead of 10 s.
+coefficient): prop_3 proved in 41 s instead of 10 s. One more row per conjunction, the convex combination of its
+rows with weights optimized per domain beside alpha and beta (sound: the conjunction implies it; the triangle LP's
+best combination beats the best row at marabou_cifar10 small index 9409's root, -3.35 against -3.55): on that
+instance at 300 s the refined root's lowest key rose (-2.55 against -3.14), but splitting closes that gap within
+10 s; the lowest open key at the end was -1.20 against -1.14 (3,078 against 3,662 domains), far from a proof either way.
 """
 from __future__ import annotations
 

@@ -59,3 +59,30 @@ def test_bad_vnnlib(text, words, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and words in err and "bad.vnnlib" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_device_other_than_cpu_is_refused(capsys):
+    code = main([str(DATA / "test_nano.onnx"), "--vnnlib", str(DATA / "vnnlib" / "test_nano.vnnlib"),
+                 "--device", "cuda"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "--device cuda" in err and len(err.strip().splitlines()) == 1
+
+
+def test_seed_reaches_the_attacks(monkeypatch, tmp_path, capsys):
+    import importlib
+
+    verify_module = importlib.import_module("verifier.verify")
+    original, seen = verify_module.verify_instance, []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("seed"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "verify_instance", recording)
+    code = main([str(DATA / "test_sat.onnx"), "--vnnlib", str(DATA / "vnnlib" / "test_prop.vnnlib"), "--seed", "7"])
+    assert code == 0 and capsys.readouterr().out.strip() == "sat" and seen == [7]
+    suite = tmp_path / "instances.csv"  # a suite run in this process (one worker): every instance gets the seed
+    suite.write_text("onnx,vnnlib,timeout_s,expected\n"
+                     f"{DATA / 'test_sat.onnx'},{DATA / 'vnnlib' / 'test_prop.vnnlib'},20,sat\n"
+                     f"{DATA / 'test_nano.onnx'},{DATA / 'vnnlib' / 'test_nano.vnnlib'},20,unsat\n")
+    assert main(["--instances", str(suite), "--seed", "5"]) == 0 and seen[1:] == [5, 5]

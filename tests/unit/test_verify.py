@@ -136,3 +136,35 @@ def test_timeout_is_kept_on_a_high_dimensional_problem(tmp_path):
     assert time.perf_counter() - start < 2.5 and verdict.status in ("timeout", "unknown", "violated")
     if verdict.status == "violated":
         check_counterexample(net, box, prop, verdict)
+
+
+def test_side_attack_rounds_follow_the_closest_step_scale(monkeypatch):
+    """After one round per step scale, two rounds of three take the scale whose rounds came closest to a violation
+    (least unsafe value), the third the scales in turn; each round gets its own generator offset."""
+    import importlib
+
+    from verifier import falsification
+    from verifier.attacks import AttackResult
+
+    verify_module = importlib.import_module("verifier.verify")  # the package's `verify` is the function
+
+    scales = falsification.ROUND_STEP_SCALES
+    value_of = {scale: float(i + 1) for i, scale in enumerate(sorted(scales, reverse=True))}  # largest: least
+    calls = []
+
+    def fake_falsify(network, box, prop, *, step_scale, first_round, **options):
+        calls.append((step_scale, first_round))
+        return AttackResult(box.center, value_of[step_scale], False, 0.0)
+
+    monkeypatch.setattr(falsification, "falsify", fake_falsify)
+    box = InputBox(np.zeros(2), np.ones(2))
+    side = verify_module._SideAttack(None, box, None, seed=0, deadline=float("inf"), first=0.0)
+    for _ in range(9):
+        side.next_at = 0.0
+        assert side(1.0) is None
+    used = [scale for scale, _ in calls]
+    closest = max(scales)
+    assert sorted(used[:len(scales)]) == sorted(scales)  # each once first
+    assert [used[i] for i in (3, 4, 6, 7)] == [closest] * 4
+    assert {used[5], used[8]} <= set(scales) and used[5] != used[8]  # the exploring rounds take the scales in turn
+    assert [first for _, first in calls] == list(range(1, 10))
