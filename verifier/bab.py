@@ -32,6 +32,8 @@ from .network import Network
 from .spec import InputBox, Property
 
 HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
+# progress(phase, domains the phase bounded, open domains (disjuncts: MILP), their lowest bound or None): each step
+Progress = Callable[[str, int, int, float | None], None]
 STEP_SECONDS = 0.2  # target duration of one branch-and-bound step (see input_split's max_batch)
 MIN_RELATIVE_WIDTH = 1e-10  # a box this thin (relative to the root) and still open is left unresolved
 MILP_MAX_SPLITTABLE = 1000  # relu_split hands over to the MILP only with at most this many root-unstable ReLUs
@@ -163,7 +165,7 @@ class _Bounder:
 def input_split(network: Network, box: InputBox, prop: Property, *, deadline: float,
                 confirm: Callable[[np.ndarray], bool], side_attack: Callable[[float], np.ndarray | None] | None = None,
                 max_batch: int = 512, max_pool: int = 1_000_000, clip: bool = True,
-                trace: list | None = None) -> BabResult:
+                trace: list | None = None, progress: Progress | None = None) -> BabResult:
     """Input-splitting branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     confirm(x (n,)) -> bool: whether a candidate counterexample is real (onnxruntime on the original model).
@@ -174,6 +176,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     bounded on wide networks. max_pool: open boxes kept at most (beyond: "unknown").
     trace: a list that gets, per step, ("bound", ids, lo, hi, clipped lo, clipped hi, open) and ("split", ids,
     dim, mid, left ids, right ids) (box 0 is the root): the search tree, for certificates (certificate.py).
+    progress: see `Progress` (phase "input split").
     """
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
@@ -218,6 +221,9 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                 return finish(VIOLATED, x)
             pool = merge_pool(pool, key[open_], lo[open_], hi[open_], score[open_], ids[open_])
             stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
+            if progress is not None:
+                progress("input split", stats["domains"], len(pool[0]),
+                         float(pool[0].min()) if len(pool[0]) else None)
             if len(pool[0]) == 0:
                 return finish(UNKNOWN if stats["unresolved"] else HOLDS)
             if time.perf_counter() > deadline:
@@ -268,7 +274,8 @@ def _check_candidates(network: Network, rows: _Rows, points: torch.Tensor, confi
 def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int] | None = None, *,
                deadline: float, confirm: Callable[[np.ndarray], bool], layer_bounds: list | None = None,
                side_attack: Callable[[float], np.ndarray | None] | None = None,
-               milp_after: float = MILP_AFTER, trace: dict | None = None) -> BabResult:
+               milp_after: float = MILP_AFTER, trace: dict | None = None, progress: Progress | None = None
+               ) -> BabResult:
     """Exact search over the ReLUs' phases for the disjuncts `open_` (default all) until deadline.
 
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
@@ -297,7 +304,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        whether ``min_x max_rows > 0`` (`milp.min_max`).
     Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's points, the MILP's
     best points) go to `confirm`. trace: a dict that gets "open" (open_), "closed" (relu_bab.search's) and "milp"
-    (the disjuncts the MILP ruled out), for certificates.
+    (the disjuncts the MILP ruled out), for certificates. progress: see `Progress` (phases "ReLU split", "refining
+    layer bounds", "ReLU split, refined root", "MILP").
     """
     from .bounds import dual
 
@@ -326,10 +334,13 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     if milp_slot or refine:
         first_end = start if milp_slot else min(start + REFINE_AFTER * (deadline - start), phase1_end)
 
-    def run(root: dict, until: float, only: torch.Tensor | None = None):
+    def report(phase: str) -> Callable | None:  # a search's progress (its own domains), as this phase's
+        return None if progress is None else lambda domains, open_, lowest: progress(phase, domains, open_, lowest)
+
+    def run(root: dict, until: float, only: torch.Tensor | None = None, phase: str = "ReLU split"):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,
                       check=lambda points: _check_candidates(network, rows, points, confirm)[0],
-                      closed=None if trace is None else trace["closed"], only=only)
+                      closed=None if trace is None else trace["closed"], only=only, progress=report(phase))
 
     result = run(root, first_end)
     stats = dict(result.stats)
@@ -337,6 +348,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         now = time.perf_counter()
         if milp_slot:  # one layer: the MILP, for the disjuncts still open
             still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
+            if progress is not None:
+                progress("MILP", 0, len(still), None)
             status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds,
                                                 now + MILP_SLOT_SHARE * (deadline - now), confirm)
             stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
@@ -349,13 +362,14 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
             layer_bounds, stats["refine"] = refine_layer_bounds(network, box, layer_bounds,
                                                                 deadline=now + REFINE_SHARE * (deadline - now),
-                                                                objective=(C, d))
+                                                                objective=(C, d),
+                                                                progress=report("refining layer bounds"))
             root = by_node(network, layer_bounds)
         if trace is not None:
             trace["closed"].clear()  # with a certificate, the search below covers every disjunct again
         again = result.still if trace is None else None
         stats["searched_again"] = len(open_) if again is None else int(again.sum())
-        result = run(root, phase1_end, only=again)
+        result = run(root, phase1_end, only=again, phase="ReLU split, refined root")
         stats.update({key: value for key, value in result.stats.items() if key not in ("domains", "bound_calls")},
                      domains=stats["domains"] + result.stats["domains"],
                      bound_calls=stats["bound_calls"] + result.stats["bound_calls"])
@@ -367,6 +381,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         status = TIMEOUT if time.perf_counter() > deadline else UNKNOWN
         return BabResult(status, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
+    if progress is not None:
+        progress("MILP", 0, len(still), None)
     status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds, deadline, confirm)
     if trace is not None:
         trace["milp"] = still

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import InputError
 
 DEFAULT_METHODS = "pgd,ibp,dual"
+PROGRESS_SECONDS = 5.0  # a --vnnlib run's branch and bound prints its state on stderr this often (and per phase)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +241,23 @@ def run_robustness(args) -> int:
     return 130 if interrupted else 4 if errors else 0
 
 
+class ProgressLines:
+    """A `bab.Progress` that prints a line on stderr when the phase changes and every PROGRESS_SECONDS within one:
+    seconds since start (time.perf_counter()), phase, domains, open ones and their lowest bound (> 0 proves)."""
+
+    def __init__(self, start: float, every: float = PROGRESS_SECONDS) -> None:
+        self.start, self.every, self.phase, self.last = start, every, None, -np.inf
+
+    def __call__(self, phase: str, domains: int, open_: int, lowest: float | None) -> None:
+        now = time.perf_counter()
+        if phase == self.phase and now - self.last < self.every:
+            return
+        self.phase, self.last = phase, now
+        parts = ([f"{domains:,} domains"] if domains else []) + [f"{open_:,} open"] + \
+            ([f"lowest bound {lowest:.4g}"] if lowest is not None else [])
+        print(f"{now - self.start:8.1f} s  {phase}: {', '.join(parts)}", file=sys.stderr, flush=True)
+
+
 def run_vnnlib(args) -> int:
     """Verify a VNN-LIB property: print the verdict (and the result file) as VNN-COMP expects."""
     from .onnx import load_onnx
@@ -251,7 +269,8 @@ def run_vnnlib(args) -> int:
         raise InputError(f"{args.vnnlib}: no such file")
     network = load_onnx(args.model)
     start = time.perf_counter()
-    verdict = verify_instance(network, args.vnnlib, args.timeout, seed=args.seed, certificate=args.certificate)
+    verdict = verify_instance(network, args.vnnlib, args.timeout, seed=args.seed, certificate=args.certificate,
+                              progress=ProgressLines(start))
     seconds = time.perf_counter() - start
     cert = verdict.stats.get("certificate")
     if cert is not None and cert["written"]:

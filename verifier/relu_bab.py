@@ -298,7 +298,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float32,
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
            closed: list | None = None, only: Tensor | None = None, fair: bool = False,
-           refute: Callable[[Tensor, Tensor], Tensor] | None = None) -> SearchResult:
+           refute: Callable[[Tensor, Tensor], Tensor] | None = None,
+           progress: Callable[[int, int, float | None], None] | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     lo, hi (1, n_inputs) float64; rows: `bab._Rows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
@@ -316,7 +317,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     rather than the lowest of all: for disjuncts that are separate questions (refine.py's rows), not one property.
     refute(points (P, n), their disjuncts (P,)) -> (P,) bool, for such questions: which of the open domains' corners
     violate their own disjunct; a disjunct so refuted (or with a linear region left undecided) is dropped from the
-    search (marked in `still`).
+    search (marked in `still`). progress(domains bounded, open domains, their lowest bound): called every round.
     The result's `lower` (K,): per searched disjunct, unless a violation ended the search or one of its domains was
     left undecided (then -inf, as for the disjuncts not searched), the lowest bound of its open domains (each
     domain's best row, minus PROOF_MARGIN), PROOF_MARGIN when none is open: a lower bound over the box of
@@ -402,6 +403,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         if refute is not None:
             pool = tuple(t[~still[pool[2]]] for t in pool)
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
+        if progress is not None:
+            progress(stats["domains"], len(pool[0]), float(pool[0].min()) if len(pool[0]) else None)
         if len(pool[0]) == 0:
             return finish("open" if still.any() else "holds", pool=pool)
         if time.perf_counter() > deadline or len(pool[0]) > max_pool:

@@ -77,13 +77,15 @@ def float32_inside(x: np.ndarray, box: InputBox) -> np.ndarray | None:
 
 
 def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.0, *, seed: int = 0,
-           checker: Checker | None = None, trace: dict | None = None) -> Verdict:
+           checker: Checker | None = None, trace: dict | None = None, progress: bab.Progress | None = None
+           ) -> Verdict:
     """Decide whether prop holds on the box within about timeout seconds (module docstring).
 
     checker: a `Checker` to reuse (verify_instance shares one across boxes); made here otherwise. Boxes only
     (L-inf, VNN-LIB): for an L2/L1 `InputBall` use the certified methods, the attacks and (L1) the MILP.
     trace: a dict that gets what proved it (kind "input": the search's events; "relu": bab.relu_split's trace,
-    "open" [] when the dual passes ruled everything out), for certificates (certificate.py).
+    "open" [] when the dual passes ruled everything out), for certificates (certificate.py). progress: the branch
+    and bound's (`bab.Progress`).
     """
     if not isinstance(box, InputBox):
         raise SpecError("verify decides properties over boxes (L-inf, VNN-LIB) only; for an L2/L1 ball use "
@@ -113,12 +115,12 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
         result = bab.input_split(network, box, prop, deadline=deadline,
                                  confirm=lambda x: checker(box, prop, x) is not None,
                                  side_attack=_SideAttack(network, box, prop, seed, deadline),
-                                 trace=None if trace is None else trace["events"])
+                                 trace=None if trace is None else trace["events"], progress=progress)
         phase("input_split", t0)
         return _from_bab(result, box, prop, checker, stats)
     if trace is not None:
         trace.update(kind="relu", open=[])
-    return _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace)
+    return _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace, progress)
 
 
 class _SideAttack:
@@ -155,7 +157,8 @@ class _SideAttack:
         return result.x if result.success else None
 
 
-def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace=None) -> Verdict:
+def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace=None, progress=None
+                      ) -> Verdict:
     """Dual passes (adaptive, then optimized slopes), then ReLU branch and bound (falsification rounds beside it)."""
     open_ = list(range(len(prop.disjuncts)))
     side_attack = _SideAttack(network, box, prop, seed, deadline, first=0.0)
@@ -179,7 +182,7 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase,
     t0 = time.perf_counter()
     result = bab.relu_split(network, box, prop, open_, deadline=deadline, layer_bounds=layer_bounds,
                             confirm=lambda x: checker(box, prop, x) is not None,
-                            side_attack=side_attack, trace=trace)
+                            side_attack=side_attack, trace=trace, progress=progress)
     phase("relu_split", t0)
     return _from_bab(result, box, prop, checker, stats)
 
@@ -207,12 +210,13 @@ def _from_bab(result: bab.BabResult, box, prop, checker, stats: dict) -> Verdict
 
 
 def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 60.0, *, seed: int = 0,
-                    certificate: str | Path | None = None) -> Verdict:
+                    certificate: str | Path | None = None, progress: bab.Progress | None = None) -> Verdict:
     """Verify every (box, property) pair of a VNN-LIB file within timeout seconds in all: violated if any pair
     is, holds only if all hold (the budget left passes from pair to pair).
 
     certificate: on holds, write a certificate there (certificate.py; dense ReLU chains loaded from ONNX only,
-    else UnsupportedNetwork before anything runs); stats["certificate"] says what was written, or why not."""
+    else UnsupportedNetwork before anything runs); stats["certificate"] says what was written, or why not.
+    progress: the branch and bound's, every box (`bab.Progress`)."""
     start = time.perf_counter()
     if certificate is not None:
         from .certificate import require_certifiable
@@ -229,7 +233,7 @@ def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 
             return Verdict(TIMEOUT, None, stats)
         traces.append({})
         verdict = verify(network, box, prop, remaining, seed=seed, checker=checker,
-                         trace=None if certificate is None else traces[-1])
+                         trace=None if certificate is None else traces[-1], progress=progress)
         for key in ("domains", "bound_calls"):
             stats[key] += verdict.stats.get(key, 0)
         for name, seconds in verdict.stats.get("phases", {}).items():

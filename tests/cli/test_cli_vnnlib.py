@@ -86,3 +86,17 @@ def test_seed_reaches_the_attacks(monkeypatch, tmp_path, capsys):
                      f"{DATA / 'test_sat.onnx'},{DATA / 'vnnlib' / 'test_prop.vnnlib'},20,sat\n"
                      f"{DATA / 'test_nano.onnx'},{DATA / 'vnnlib' / 'test_nano.vnnlib'},20,unsat\n")
     assert main(["--instances", str(suite), "--seed", "5"]) == 0 and seen[1:] == [5, 5]
+
+
+def test_progress_lines_on_stderr(capsys):
+    """A --vnnlib run prints the branch and bound's state on stderr (a line per phase at least), stdout unchanged."""
+    import re
+
+    code = main([str(DATA / "ACASXU_run2a_1_1_batch_2000.onnx"), "--vnnlib",
+                 str(DATA / "vnnlib" / "acasxu_prop_1.vnnlib"), "--timeout", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.strip() in {"timeout", "unsat"}
+    lines = [line for line in err.splitlines() if "input split:" in line]
+    assert lines and all(re.fullmatch(r"\s*[\d.]+ s  input split: [\d,]+ domains, [\d,]+ open(, lowest bound \S+)?",
+                                      line) for line in lines)
+    assert f"({out.strip()}) in " in err.splitlines()[-1]  # the verdict line comes last

@@ -90,13 +90,13 @@ def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> N
 
 
 def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray, sides: np.ndarray,
-                 deadline: float) -> tuple[np.ndarray, dict]:
+                 deadline: float, progress=None) -> tuple[np.ndarray, dict]:
     """Lower bounds over the box of ``sides[j] * z[entries[j]]`` (J,), z the (flat) output of `cut` (a network cut
     at the input of one of its ReLU nodes: `Network.upto`, float64), by one ReLU-split search (`relu_bab.search`)
     with cut's layer bounds (`interval.relu_inputs` layout of cut) and a row per (entry, side), taken in turn
     (``fair``) until the deadline (time.perf_counter()): > 0 where the sign is proved, -inf where a point of the box
     shows the other sign (or a linear region was left undecided), the row's lowest open bound otherwise. Also the
-    search's stats."""
+    search's stats. progress: the search's (`relu_bab.search`)."""
     from .. import relu_bab
     from ..bab import _Rows
 
@@ -111,18 +111,19 @@ def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray,
 
     result = relu_bab.search(cut, lo, hi, _Rows(rows, torch.zeros(J, dtype=torch.float64), J, 1),
                              by_node(cut, bounds), deadline=deadline, check=lambda points: None, fair=True,
-                             refute=refute)
+                             refute=refute, progress=progress)
     return result.lower.numpy(), result.stats
 
 
 def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float, seed: int = 0,
-                        objective: tuple | None = None) -> tuple[list, dict]:
+                        objective: tuple | None = None, progress=None) -> tuple[list, dict]:
     """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
     after the first settled (or tightened) by one search per node where the time (deadline: time.perf_counter())
     allows, then, with objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module
     docstring). Returns (bounds, info: "searches" (rows searched), "stabilized", "tightened" (bounds moved without
     a sign), "skipped" (both signs seen at known points), "domains", "unstable_before" / "unstable_after" /
-    "layer_seconds" (its search's time) per ReLU node, "seconds")."""
+    "layer_seconds" (its search's time) per ReLU node, "seconds"). progress(domains, open domains, None): during
+    the searches (their lowest bounds are of the sign rows, not of the property)."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
@@ -148,8 +149,10 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
         later = sum(int(((l_ < 0) & (u_ > 0)).sum()) for l_, u_ in bounds[t + 1:n_relus])
         if len(rows):  # the time left shared by the unstable entries of this layer and the later ones
             share = (deadline - now) * len(open_) / (len(open_) + later)
+            done = info["domains"]
+            report = None if progress is None else lambda domains, waiting, _: progress(done + domains, waiting, None)
             lower, stats = settle_signs(network.upto(k).to("cpu", torch.float64), box, bounds[:t + 1], rows, sides,
-                                        min(now + share, deadline))
+                                        min(now + share, deadline), report)
             up, proved = sides > 0, lower > 0
             moved = ~proved & (lower > np.where(up, l[rows], -u[rows]))  # z_i >= lower (side +1), -z_i >= lower
             l[rows[up & proved]], u[rows[~up & proved]] = 0.0, 0.0  # stable
