@@ -172,6 +172,8 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase,
             phase("falsify", t0)
             if x is not None and (found := checker(box, prop, x)) is not None:
                 return Verdict(VIOLATED, found, stats)
+        if progress is not None:  # the disjuncts still open; these passes take seconds on conv nets
+            progress(f"dual pass ({slopes} slopes)", 0, len(open_), None)
         t0 = time.perf_counter()
         limit = None if slopes != "opt" else OPT_SHARE * (deadline - time.perf_counter())
         open_, layer_bounds = _open_disjuncts(network, box, prop, open_, slopes, limit)

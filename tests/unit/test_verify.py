@@ -173,7 +173,8 @@ def test_side_attack_rounds_follow_the_closest_step_scale(monkeypatch):
 def test_progress_reports_the_search_as_it_goes(tmp_path):
     """A property between the optimized dual bound and the attack's value keeps the ReLU search busy: every
     report names a phase of relu_split, a phase's domains never decrease, and open domains have their lowest bound
-    at most 0 (above it, they would be proved); a proved search's last report has none open."""
+    at most 0 (above it, they would be proved); a proved search's last report has none open. The dual passes
+    come first."""
     from verifier.bounds import bound
 
     rng, net, box = onnx_problem(tmp_path, 7, 64, 2, 64, False, 0.5)
@@ -185,11 +186,13 @@ def test_progress_reports_the_search_as_it_goes(tmp_path):
     prop = Property(((C, np.array([lower + 0.3 * (upper - lower)])),))
     reports = []
     verdict = verify(net, box, prop, timeout=4.0, progress=lambda *report: reports.append(report))
-    phases = {"ReLU split", "refining layer bounds", "ReLU split, refined root", "MILP"}
+    phases = {"dual pass (adaptive slopes)", "dual pass (opt slopes)", "ReLU split", "refining layer bounds",
+              "ReLU split, refined root", "MILP"}
     assert reports and {phase for phase, *_ in reports} <= phases
+    assert [phase for phase, *_ in reports[:2]] == ["dual pass (adaptive slopes)", "dual pass (opt slopes)"]
     for (phase, domains, *_), (next_phase, next_domains, *_) in zip(reports, reports[1:]):
         assert phase != next_phase or next_domains >= domains
     for phase, domains, open_, lowest in reports:
-        assert (lowest is None) if open_ == 0 or phase in ("MILP", "refining layer bounds") else lowest <= 0
+        assert (lowest is None) if open_ == 0 or not phase.startswith("ReLU split") else lowest <= 0
     if verdict.status == "holds" and reports[-1][0] == "ReLU split":
         assert reports[-1][2] == 0
