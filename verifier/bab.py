@@ -348,10 +348,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         now = time.perf_counter()
         if milp_slot:  # one layer: the MILP, for the disjuncts still open
             still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
-            if progress is not None:
-                progress("MILP", 0, len(still), None)
             status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds,
-                                                now + MILP_SLOT_SHARE * (deadline - now), confirm)
+                                                now + MILP_SLOT_SHARE * (deadline - now), confirm, progress)
             stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
             if status in (HOLDS, VIOLATED):
                 if trace is not None and status == HOLDS:
@@ -381,9 +379,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         status = TIMEOUT if time.perf_counter() > deadline else UNKNOWN
         return BabResult(status, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
-    if progress is not None:
-        progress("MILP", 0, len(still), None)
-    status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds, deadline, confirm)
+    status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds, deadline, confirm, progress)
     if trace is not None:
         trace["milp"] = still
     stats.update(milp_stats, domains=stats["domains"] + milp_stats["domains"],
@@ -392,10 +388,13 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
 
 def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list,
-                deadline: float, confirm: Callable):
-    """Phase 2 of relu_split. Returns (status, x, stats)."""
+                deadline: float, confirm: Callable, progress: Progress | None = None):
+    """Phase 2 of relu_split (progress: reported once, phase "MILP", the disjuncts open). Returns (status, x,
+    stats)."""
     from .bounds import milp  # HiGHS is only loaded when this path runs
 
+    if progress is not None:
+        progress("MILP", 0, len(open_), None)
     stats = {"domains": 0, "bound_calls": 0, "nodes": 0}
     single = [k for k in open_ if prop.disjuncts[k][0].shape[0] == 1]
     groups = ([("decide", single)] if single else []) + [("conjunction", [k]) for k in open_ if k not in single]
