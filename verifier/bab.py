@@ -24,11 +24,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bounds import engine, symbolic
+from .bounds import symbolic
 from .bounds.base import PROOF_MARGIN, proves
 from .bounds.interval import by_node
-from .relu_bab import merge_pool, pop_lowest, search
+from .pool import merge_pool, pop_lowest
+from .relu_bab import search
 from .network import Network
+from .objective_rows import ObjectiveRows, check_candidates
 from .spec import InputBox, Property
 
 HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
@@ -61,52 +63,10 @@ class BabResult:
     stats: dict = field(default_factory=dict)
 
 
-@dataclass
-class _Rows:
-    """The property's disjuncts as one padded block of rows: K disjuncts of up to M rows each.
-
-    C (K*M, n_out), d (K*M,) as objective rows ``C y + d`` (> 0 rules the row's conjunction out); padding rows
-    have d = -inf (never rule anything out, impose nothing when clipping)."""
-
-    C: torch.Tensor
-    d: torch.Tensor
-    K: int
-    M: int
-
-    @staticmethod
-    def of(prop: Property, n_outputs: int) -> "_Rows":
-        K, M = len(prop.disjuncts), max(C.shape[0] for C, _ in prop.disjuncts)
-        C_pad, d_pad = np.zeros((K, M, n_outputs)), np.full((K, M), -np.inf)
-        for k in range(K):
-            C, d = prop.objective_rows(k)
-            C_pad[k, :len(d)], d_pad[k, :len(d)] = C, d
-        return _Rows(torch.tensor(C_pad.reshape(K * M, n_outputs)), torch.tensor(d_pad.reshape(-1)), K, M)
-
-    def disjunct_bounds(self, lower: torch.Tensor) -> torch.Tensor:
-        """Per box and disjunct, the best row's lower bound minus PROOF_MARGIN (B, K): > 0 rules it out."""
-        return lower.view(-1, self.K, self.M).amax(-1) - PROOF_MARGIN
-
-    def split_row(self, lower: torch.Tensor, per_disjunct: torch.Tensor) -> torch.Tensor:
-        """The row (B,) a split should serve: the worst disjunct's best row, the one closest to ruling it out."""
-        k = per_disjunct.argmin(1)
-        return k * self.M + lower.view(-1, self.K, self.M)[torch.arange(len(k)), k].argmax(-1)
-
-    def bound(self, network: Network, lo: torch.Tensor, hi: torch.Tensor, relaxations: dict,
-              bounds: dict | None = None) -> tuple:
-        """`engine.linear_rows` of these rows over boxes lo, hi (B, n)."""
-        return engine.linear_rows(network, lo, hi, self.C[None], self.d[None], relaxations, bounds)
-
-
-def _unsafe_values(network: Network, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
-    """``min_k max_rows (C_k f(x) - d_k)`` (<= 0: unsafe) for points x (P, n), float64 forward."""
-    values = (network.forward_torch(x) @ rows.C.T + rows.d).view(-1, rows.K, rows.M)  # rows C y - d_unsafe
-    return values.amax(-1).amin(-1)
-
-
 class _Bounder:
     """Bounds batches of boxes: a cheap forward-only pass first, the refined pass for what it leaves open."""
 
-    def __init__(self, network: Network, rows: _Rows, clip: bool) -> None:
+    def __init__(self, network: Network, rows: ObjectiveRows, clip: bool) -> None:
         self.network, self.rows, self.clip = network, rows, clip
         self.calls = 0
 
@@ -180,7 +140,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     """
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
-    rows = _Rows.of(prop, network.n_outputs)
+    rows = ObjectiveRows.of(prop, network.n_outputs)
     bounder = _Bounder(network, rows, clip)
     root_width = torch.tensor(box.hi - box.lo).clamp(min=1e-300)
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "unresolved": 0}
@@ -215,7 +175,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                     extra = side_attack(time.perf_counter() - start)
             if extra is not None:
                 pts = torch.cat([pts, torch.as_tensor(np.asarray(extra, np.float64)).reshape(1, -1)])
-            x, checked = _check_candidates(network, rows, pts, confirm)
+            x, checked = check_candidates(network, rows, pts, confirm)
             tried += checked
             if x is not None:
                 return finish(VIOLATED, x)
@@ -253,24 +213,6 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
             ids = children
 
 
-def _check_candidates(network: Network, rows: _Rows, points: torch.Tensor, confirm: Callable,
-                      limit: int = 8) -> tuple[np.ndarray | None, int]:
-    """Confirm the candidate points (P, n) that violate in float64, most violating first, at most `limit` of them
-    (each check runs onnxruntime). Returns (a confirmed point or None, number checked)."""
-    if points.numel() == 0:
-        return None, 0
-    values = _unsafe_values(network, rows, points)
-    checked = 0
-    for i in torch.argsort(values)[:limit].tolist():
-        if values[i] > 0:
-            break
-        checked += 1
-        x = points[i].numpy().copy()
-        if confirm(x):
-            return x, checked
-    return None, checked
-
-
 def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int] | None = None, *,
                deadline: float, confirm: Callable[[np.ndarray], bool], layer_bounds: list | None = None,
                side_attack: Callable[[float], np.ndarray | None] | None = None,
@@ -279,29 +221,22 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     """Exact search over the ReLUs' phases for the disjuncts `open_` (default all) until deadline.
 
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
-       bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's).
-       The MILP pays for networks with at most MILP_MAX_SPLITTABLE root-unstable ReLUs, or MILP_ONE_LAYER_MAX in a
-       single unstable ReLU layer. When it does, with more than one unstable layer, no certificate asked for (trace
-       None), the time left after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the
-       root's layer bounds are refined (`refine.refine_layer_bounds`: the signs of a layer's unstable neurons settled
-       by this search on the network cut at that layer; neurons proved stable are never split) for at most
-       REFINE_SHARE of the time left (and bounded again by alpha-CROWN over the refined bounds), and the search
-       starts again from the refined root, for the disjuncts the first search left open. Measured on MNIST 256x4
-       eps 0.05 at 300 s (undecided by the search alone: prop_11 92,109 domains), with REFINE_AFTER 0.2, REFINE_SHARE
-       0.6 / 0.4 / 0.25: prop_5 207 / 159 / 124 s, prop_11 206 / 158 / -, prop_14 207 / 159 / 124 s, each proved at
-       the refined root (the refinement, one search per layer, takes its whole share: rows it can neither prove nor
-       refute stay open); REFINE_AFTER 0.1 and REFINE_SHARE 0.25: prop_5 101 s, prop_8 eps 0.03 27 s (the first
-       search alone; borderline: 101 s in two later runs, refined first; with one MILP per neuron it had taken
-       162 s at REFINE_AFTER 0.1). With a single unstable layer
-       the refinement has nothing to refine (the first layer's bounds are exact): the disjuncts still open after the
-       root round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time left instead (trusted in a
-       certificate like step 2's), and the search starts again for those disjuncts if it has not decided (for all of
-       them when a certificate is asked for: the certificate takes the second search's domains only).
+       bounds (layer_bounds [(l, u)] flat per `interval.relu_inputs` node, default alpha-CROWN's). The MILP pays for
+       networks with at most MILP_MAX_SPLITTABLE root-unstable ReLUs, or MILP_ONE_LAYER_MAX in a single unstable ReLU
+       layer. When it does, with more than one unstable layer, no certificate asked for (trace None), the time left
+       after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the root's layer bounds
+       are refined (`refine.refine_layer_bounds`: the signs of a layer's unstable neurons settled by this search on
+       the network cut at that layer; neurons proved stable are never split) for at most REFINE_SHARE of the time left
+       (and bounded again by alpha-CROWN over the refined bounds), and the search starts again from the refined root,
+       for the disjuncts the first search left open. The shares: docs/search.md. With a single unstable layer the
+       refinement has nothing to refine (the first layer's bounds are exact): the disjuncts still open after the root
+       round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time left instead (trusted in a certificate
+       like step 2's), and the search starts again for those disjuncts if it has not decided (for all of them when a
+       certificate is asked for: the certificate takes the second search's domains only).
     2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
-       further: "stuck"),
-       the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same layer bounds):
-       single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP deciding
-       whether ``min_x max_rows > 0`` (`milp.min_max`).
+       further: "stuck"), the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same
+       layer bounds): single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP
+       deciding whether ``min_x max_rows > 0`` (`milp.min_max`).
     Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's points, the MILP's
     best points) go to `confirm`. trace: a dict that gets "open" (open_), "closed" (relu_bab.search's) and "milp"
     (the disjuncts the MILP ruled out), for certificates. progress: see `Progress` (phases "ReLU split", "refining
@@ -317,7 +252,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     if layer_bounds is None:
         layer_bounds = dual.bound(network, box, C, d, slopes="opt").layer_bounds
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
-    rows = _Rows.of(sub, network.n_outputs)
+    rows = ObjectiveRows.of(sub, network.n_outputs)
     root = by_node(network, layer_bounds)
     unstable = [int(((l < 0) & (u > 0)).sum()) for (l, u) in (root[network.nodes[r].inputs[0]]
                                                                for r in network.relu_nodes)]
@@ -339,7 +274,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
     def run(root: dict, until: float, only: torch.Tensor | None = None, phase: str = "ReLU split"):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,
-                      check=lambda points: _check_candidates(network, rows, points, confirm)[0],
+                      check=lambda points: check_candidates(network, rows, points, confirm)[0],
                       closed=None if trace is None else trace["closed"], only=only, progress=report(phase))
 
     result = run(root, first_end)

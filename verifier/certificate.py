@@ -246,7 +246,7 @@ def _widen_neurons(chain: check.Chain, pair: dict) -> None:
 def _reoptimize(network: Network, chain: check.Chain, pair: dict, leaves: np.ndarray, steps: int = 60) -> None:
     """Optimize the slopes and multipliers of some leaves again (in place), with the engine's ReLU-split
     bounding (relu_bab) held to the checker's own layer bounds of each leaf."""
-    from .bab import _Rows
+    from .objective_rows import ObjectiveRows
     from .relu_bab import _Problem
     from .spec import Property
 
@@ -260,7 +260,7 @@ def _reoptimize(network: Network, chain: check.Chain, pair: dict, leaves: np.nda
         mark[neurons[neurons[:, 0] == j, 1]] = -1
         fake[net.nodes[r].inputs[0]] = (torch.tensor(mark)[None], torch.ones(1, n, dtype=torch.float64))
     lo, hi = torch.tensor(pair["lo"])[None], torch.tensor(pair["hi"])[None]
-    rows = _Rows.of(Property(tuple(zip(pair["C"], pair["d"]))), chain.n_outputs)
+    rows = ObjectiveRows.of(Property(tuple(zip(pair["C"], pair["d"]))), chain.n_outputs)
     problem = _Problem(net, lo, hi, rows, fake, retighten=False)
     sign = []
     for j in range(len(relus)):
@@ -349,9 +349,9 @@ def write_certificate(network: Network, vnnlib_path, pairs: list, traces: list, 
                 "d": [d for _, d in prop.disjuncts], "kind": trace.get("kind", "relu")}
         if pair["kind"] == "input":
             tree = _input_tree(box, trace["events"])
-            from .bab import _Rows
+            from .objective_rows import ObjectiveRows
 
-            ok, added = _prove_input(network, chain, pair, _Rows.of(prop, chain.n_outputs), tree, deadline)
+            ok, added = _prove_input(network, chain, pair, ObjectiveRows.of(prop, chain.n_outputs), tree, deadline)
             stats["refined"] += added
             pair.update(tree.arrays())
             if not ok:

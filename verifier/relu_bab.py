@@ -39,16 +39,7 @@ vs float64 (the search alone, one torch thread): MNIST 256x4 prop_3 eps 0.05 pro
 in 19.8 vs 22.9 s (7855 vs 7797 domains); in 120 s on prop_14 eps 0.05 / prop_6 eps 0.03 (open), 29767 / 30591 vs
 25479 / 22399 domains; marabou_cifar10 small index 9409, 40 s: 615 vs 447. (Before, float32 claims were re-derived
 from the root's layer bounds, without the re-tightened ones: 13,816 of 14,372 failed on MNIST 256x4 prop_5 eps 0.05.)
-Tried and left out (MNIST 256x4 eps 0.05): a new split's multipliers started where the child's first pass gives its
-parent's bound back: children below their parent fell from 17-22 % to 6-8 % of them (prop_0, first 25 s); with
-children's keys floored at their parent's, the suite was unchanged (21/30, 3,154 s against 3,064 s); adding
-multipliers of ``z <= u`` on active neurons (so the active child gets its parent's upper line back too) cost a third
-of prop_13's domains in 300 s, no proof gained. BaBSR's intercept score (only rows reaching a neuron with a negative
-coefficient): prop_3 proved in 41 s instead of 10 s. One more row per conjunction, the convex combination of its
-rows with weights optimized per domain beside alpha and beta (sound: the conjunction implies it; the triangle LP's
-best combination beats the best row at marabou_cifar10 small index 9409's root, -3.35 against -3.55): on that
-instance at 300 s the refined root's lowest key rose (-2.55 against -3.14), but splitting closes that gap within
-10 s; the lowest open key at the end was -1.20 against -1.14 (3,078 against 3,662 domains), far from a proof either way.
+Tried and left out, with the figures: docs/search.md.
 """
 from __future__ import annotations
 
@@ -65,6 +56,7 @@ from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
 from .bounds.interval import relu_inputs
 from .network import Network
+from .pool import merge_pool, pop_lowest
 from .spec import InputBox
 
 Tensor = torch.Tensor
@@ -302,7 +294,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            progress: Callable[[int, int, float | None], None] | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
-    lo, hi (1, n_inputs) float64; rows: `bab._Rows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
+    lo, hi (1, n_inputs) float64; rows: `ObjectiveRows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
     layer bounds of the ReLU inputs (the engine's); check(points (P, n)) -> a confirmed counterexample or None;
     side_attack as in bab.input_split. A domain is (splits, disjunct): the root is one domain per disjunct, and a
     domain carries only its disjunct's rows. max_batch: domains split per round at most (fewer when one pass's
@@ -418,26 +410,3 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         splits[n + torch.arange(n), choice] = -1
         disjunct, alpha, beta = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1)
         inherited, newest = (low.repeat(2, 1), up.repeat(2, 1)), problem.layer_of(choice).repeat(2)
-
-
-def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:
-    """Append domains to a pool: a tuple (key (P,), tensors (P, ...)...) of the same layout as parts."""
-    return parts if pool is None else tuple(torch.cat([a, b]) for a, b in zip(pool, parts))
-
-
-def pop_lowest(pool: tuple, batch: int, fair: bool = False) -> tuple[tuple, tuple]:
-    """The `batch` domains of lowest key (their tensors, key left out) and the rest of the pool. fair (pool[2]: the
-    domains' disjuncts): the lowest of each disjunct first, then the second lowest of each, and so on."""
-    key = pool[0]
-    if len(key) <= batch:
-        return pool[1:], tuple(t[:0] for t in pool)
-    order = torch.argsort(key)
-    if fair:  # rank of each domain within its disjunct, by key; then by rank (ties: by key)
-        group = pool[2][order]
-        by_group = torch.argsort(group, stable=True)
-        counts = torch.bincount(group)
-        rank = torch.empty_like(order)
-        rank[by_group] = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[group[by_group]]
-        order = order[torch.argsort(rank, stable=True)]
-    take, rest = order[:batch], order[batch:]
-    return tuple(t[take] for t in pool[1:]), tuple(t[rest] for t in pool)

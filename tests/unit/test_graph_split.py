@@ -24,6 +24,7 @@ from verifier.falsification import falsify
 from verifier.bounds import dual, engine, interval, symbolic
 from verifier.bounds.enumerate import enumerate_bound
 from verifier.network import Network, Node
+from verifier.objective_rows import ObjectiveRows
 from verifier.onnx import OnnxRunner, load_onnx
 from verifier.spec import InputBox, Property
 from verifier.verify import Checker, verify
@@ -319,7 +320,7 @@ def test_every_relu_split_domain_bound_is_below_its_patterns_sampled_minimum(gra
     root = dual.bound(graph, box, C, np.zeros(2), slopes="adaptive").layer_bounds
     root_t = {k: tuple(torch.tensor(v).reshape(1, *graph.nodes[k].op.out_shape) for v in lu)
               for k, lu in zip(interval.relu_inputs(graph), root)}
-    rows = bab._Rows.of(prop, graph.n_outputs)
+    rows = ObjectiveRows.of(prop, graph.n_outputs)
     lo, hi = (torch.tensor(v)[None] for v in (box.lo, box.hi))
     problem = relu_bab._Problem(graph, lo, hi, rows, root_t)
     if problem.n_split == 0:

@@ -14,7 +14,8 @@ from scipy.optimize import linprog
 
 from graph_models import TINY_KINDS, assert_relu_split_verdicts, random_graph_file, verdict_cases
 from verifier import bab, relu_bab
-from verifier.bab import _Rows
+from verifier.pool import pop_lowest
+from verifier.objective_rows import ObjectiveRows
 from verifier.bounds import dual
 from verifier.bounds.interval import relu_inputs
 from verifier.network import Network, random_network
@@ -73,7 +74,7 @@ def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits,
     assume(net.n_relus <= 10)
     C, d = rng.normal(size=(2, 2)), np.zeros(2)
     prop = Property(((C[:1], np.zeros(1)), (C[1:], np.zeros(1))))
-    rows = _Rows.of(prop, 2)
+    rows = ObjectiveRows.of(prop, 2)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
     problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, d),
                                 torch.float32 if float32 else torch.float64)
@@ -109,7 +110,7 @@ def test_inherited_bounds_and_the_lp_of_a_linear_region(seed, width, first):
     its exact minimum; once every splittable neuron is split, one LP (`decide_region`) decides it exactly."""
     rng, net, box = setup(seed, [3, width, width, 2])
     C = rng.normal(size=(1, 2))
-    rows = _Rows.of(Property(((C, np.zeros(1)),)), 2)
+    rows = ObjectiveRows.of(Property(((C, np.zeros(1)),)), 2)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
     problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, np.zeros(1)))
     assume(problem.n_split > 0)
@@ -145,7 +146,7 @@ def test_beta_tightens_a_split_domain():
     for seed in range(6):
         rng, net, box = setup(seed, [3, 8, 8, 2], radius=1.0)
         C = np.array([[1.0, -1.0]])
-        rows = _Rows.of(Property(((C, np.zeros(1)),)), 2)
+        rows = ObjectiveRows.of(Property(((C, np.zeros(1)),)), 2)
         problem = relu_bab._Problem(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None], rows,
                                     root_of(net, box, C, np.zeros(1)))
         if problem.n_split < 2:
@@ -178,7 +179,7 @@ def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift,
     C = rng.normal(size=(disjuncts, 3))
     exact = brute_min(net, box, C)
     prop = Property(tuple((C[k:k + 1], np.array([exact.min() + shift])) for k in range(disjuncts)))
-    rows = _Rows.of(prop, 3)
+    rows = ObjectiveRows.of(prop, 3)
     d = np.concatenate([prop.objective_rows(k)[1] for k in range(disjuncts)])
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
 
@@ -204,7 +205,7 @@ def test_only_the_masked_disjuncts_are_searched(seed):
     C = rng.normal(size=(2, 3))
     exact = brute_min(net, box, C)
     prop = Property(((C[:1], np.array([exact[0] + 0.05])), (C[1:], np.array([exact[1] - 0.05]))))
-    rows = _Rows.of(prop, 3)
+    rows = ObjectiveRows.of(prop, 3)
     d = np.concatenate([prop.objective_rows(k)[1] for k in range(2)])
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
 
@@ -238,7 +239,7 @@ def test_graph_verdicts_equal_the_enumeration(tiny_graph):
         confirm = lambda x, prop=prop: box.contains(x) and bool(prop.violated_by(net.forward(x)))
         result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 20, confirm=confirm)
         assert result.status == expected
-        rows = _Rows.of(prop, net.n_outputs)
+        rows = ObjectiveRows.of(prop, net.n_outputs)
         alone = relu_bab.search(net, lo, hi, rows, root_of(net, box, *prop.objective_rows(0)),
                                 deadline=time.perf_counter() + 10,
                                 check=lambda p, prop=prop: next((x.numpy() for x in p if confirm(x.numpy())), None))
@@ -265,7 +266,7 @@ def test_fair_popping_takes_every_disjunct_in_turn():
     key = torch.tensor([-5.0, -4.0, -3.0, -0.1, -0.2, -9.0])
     disjunct = torch.tensor([0, 0, 0, 1, 2, 0])
     ids = torch.arange(6)
-    (taken_ids, _), rest = relu_bab.pop_lowest((key, ids, disjunct), 4, fair=True)
+    (taken_ids, _), rest = pop_lowest((key, ids, disjunct), 4, fair=True)
     assert taken_ids.tolist() == [5, 4, 3, 0] and sorted(rest[1].tolist()) == [1, 2]
-    (taken_ids, _), rest = relu_bab.pop_lowest((key, ids, disjunct), 4)
+    (taken_ids, _), rest = pop_lowest((key, ids, disjunct), 4)
     assert sorted(taken_ids.tolist()) == [0, 1, 2, 5] and sorted(rest[1].tolist()) == [3, 4]

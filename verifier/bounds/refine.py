@@ -98,7 +98,7 @@ def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray,
     shows the other sign (or a linear region was left undecided), the row's lowest open bound otherwise. Also the
     search's stats. progress: the search's (`relu_bab.search`)."""
     from .. import relu_bab
-    from ..bab import _Rows
+    from ..objective_rows import ObjectiveRows
 
     J = len(entries)
     rows = torch.zeros(J, cut.n_outputs, dtype=torch.float64)
@@ -109,7 +109,7 @@ def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray,
         with torch.no_grad():
             return (cut.forward_torch(points.double()) * rows[which]).sum(1) <= 0
 
-    result = relu_bab.search(cut, lo, hi, _Rows(rows, torch.zeros(J, dtype=torch.float64), J, 1),
+    result = relu_bab.search(cut, lo, hi, ObjectiveRows(rows, torch.zeros(J, dtype=torch.float64), J, 1),
                              by_node(cut, bounds), deadline=deadline, check=lambda points: None, fair=True,
                              refute=refute, progress=progress)
     return result.lower.numpy(), result.stats
