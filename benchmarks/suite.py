@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.select:  # a filtered copy of the csv, beside the original so relative paths still resolve
         lines = instances.read_text().splitlines()
         kept = [lines[0]] + [line for line in lines[1:] if args.select in line]
+        if len(kept) == 1:
+            parser.error(f"--select {args.select!r}: no instance of {instances} matches")
         handle = tempfile.NamedTemporaryFile("w", suffix=".csv", dir=args.suite, delete=False)
         handle.write("\n".join(kept) + "\n")
         handle.close()

@@ -167,6 +167,9 @@ def load_samples(args, n_inputs: int, n_outputs: int) -> tuple[np.ndarray, np.nd
             raise InputError(f"{data}: samples have {xs.shape[1]} values, the model takes {n_inputs} inputs")
         start = max(args.start, 0)
         stop = len(xs) if args.limit is None else start + max(args.limit, 0)
+        if stop <= start or start >= len(xs):
+            limit = "" if args.limit is None else f", --limit {args.limit}"
+            raise InputError(f"{data}: no samples selected (--start {args.start}{limit}; the file holds {len(xs)})")
         xs, labels = xs[start:stop], labels[start:stop]
     bad = [int(v) for v in labels if not 0 <= int(v) < n_outputs]
     if bad:

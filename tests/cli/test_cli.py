@@ -91,6 +91,13 @@ def test_bad_arguments(extra, words, model, capsys):
     assert code == 2 and out == "" and words in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("selection", [["--limit", "0"], ["--start", "5"], ["--start", "4", "--limit", "-1"]])
+def test_empty_sample_selection_is_bad_input(selection, model, capsys):
+    """The fixture's data holds 5 samples: a selection of none is an error naming the file, not an empty table."""
+    code, out, err = run_cli([model, "--eps", "0.1", "--data", model.parent / "data.npz", *selection], capsys)
+    assert code == 2 and out == "" and "no samples selected" in err and "data.npz" in err and "holds 5" in err
+
+
 def test_input_of_wrong_size(model, tmp_path, capsys):
     np.save(tmp_path / "short.npy", np.zeros(4))
     code, _, err = run_cli([model, "--eps", "0.1", "--input", tmp_path / "short.npy", "--label", "0"], capsys)
