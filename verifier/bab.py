@@ -27,7 +27,7 @@ import torch
 from .bounds import symbolic
 from .bounds.base import PROOF_MARGIN, proves
 from .bounds.interval import by_node
-from .pool import merge_pool, pop_lowest
+from .pool import merge_pool, pop_batch
 from .relu_bab import search
 from .network import Network
 from .objective_rows import ObjectiveRows, check_candidates
@@ -190,7 +190,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                 return finish(TIMEOUT)
             if len(pool[0]) > max_pool:
                 return finish(UNKNOWN)
-            (lo, hi, score, ids), pool = pop_lowest(pool, batch)
+            (lo, hi, score, ids), pool = pop_batch(pool, batch)
             # bisect along the best-scoring dimension (widest relative one when no score says anything)
             width = hi - lo
             gain = score * width

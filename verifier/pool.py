@@ -15,14 +15,18 @@ def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:
     return parts if pool is None else tuple(torch.cat([a, b]) for a, b in zip(pool, parts))
 
 
-def pop_lowest(pool: tuple, batch: int, fair: bool = False) -> tuple[tuple, tuple]:
-    """The `batch` domains of lowest key (their tensors, key left out) and the rest of the pool. fair (pool[2]: the
-    domains' disjuncts): the lowest of each disjunct first, then the second lowest of each, and so on."""
+def pop_batch(pool: tuple, batch: int, fair: bool = False, depth: Tensor | None = None) -> tuple[tuple, tuple]:
+    """The next `batch` domains (their tensors, key left out) and the rest of the pool. Best-first: the lowest keys.
+    fair (pool[2]: the domains' disjuncts): the lowest of each disjunct first, then the second lowest of each, and so
+    on. depth (P,) given: depth-first instead, the deepest domains first (ties: the lowest key), whose children are
+    the likeliest to close: for a pool near its memory cap."""
     key = pool[0]
     if len(key) <= batch:
         return pool[1:], tuple(t[:0] for t in pool)
     order = torch.argsort(key)
-    if fair:  # rank of each domain within its disjunct, by key; then by rank (ties: by key)
+    if depth is not None:
+        order = order[torch.argsort(depth[order], descending=True, stable=True)]
+    elif fair:  # rank of each domain within its disjunct, by key; then by rank (ties: by key)
         group = pool[2][order]
         by_group = torch.argsort(group, stable=True)
         counts = torch.bincount(group)

@@ -20,18 +20,20 @@ with, per domain:
   per round, warm-started from the parent domain (a new split's beta starts at 0); each row keeps its best iterate.
 
 Search: best-first (lowest bound first, where counterexamples are likeliest); domains live in a pool of tensors
-(splits int8, alpha/beta float32 warm starts, the splittable neurons' bounds) capped by memory (beyond: the search
-stops, undecided). Branching: the free root-unstable neuron with the largest |row coefficient at its ReLU| x
-triangle height -l u / (u - l) in the domain's best row (BaBSR-like), or with the largest height when every such
-product is 0 (a lower slope 0 after a neuron zeroes its coefficient without removing its relaxation error: on
-MNIST 256x4 prop_3 eps 0.05 such domains looked finished, went to the MILP and the instance took 56 s; split by
-height, 20 s without the MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP
-(`milp.min_max` without binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box
-corner minimizing the best row's linear bound, and the caller's side attack, checked by `check` (float64, then
-onnxruntime on the original model).
-Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``.
-The Adam steps run in float32 (`search`'s dtype) between float64 passes: the layer bounds (re-tightening included)
-and the bound each round ends with, from the best float32 iterate's slopes and multipliers, are float64.
+(splits int8, alpha/beta float32 warm starts, the splittable neurons' bounds) capped by memory: past DEPTH_FIRST_SHARE
+of the cap the deepest domains go first (depth-first: their children are the likeliest to close) and a round pops no
+more than the room left, so the pool shrinks back instead of running out; a pool past its cap all the same ends the
+search, undecided (measured: docs/search.md). Branching: the free root-unstable neuron with the largest |row coefficient at its ReLU| x triangle
+height -l u / (u - l) in the domain's best row (BaBSR-like), or with the largest height when every such product is 0
+(a lower slope 0 after a neuron zeroes its coefficient without removing its relaxation error: on MNIST 256x4 prop_3
+eps 0.05 such domains looked finished, went to the MILP and the instance took 56 s; split by height, 20 s without the
+MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP (`milp.min_max` without
+binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box corner minimizing the best
+row's linear bound, and the caller's side attack, checked by `check` (float64, then onnxruntime on the original
+model). Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower >
+PROOF_MARGIN``. The Adam steps run in float32 (`search`'s dtype) between float64 passes: the layer bounds
+(re-tightening included) and the bound each round ends with, from the best float32 iterate's slopes and multipliers,
+are float64.
 
 Defaults, measured on MNIST 256x4 prop_3 eps 0.05 (unsat; one torch thread, machine under load): Adam steps per
 round 2: undecided after 40 s (8201 domains); 4: proved in 5.7 s; 8: 9.0 s; 16: 3.9 s (283 domains). float32 steps
@@ -56,11 +58,12 @@ from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
 from .bounds.interval import relu_inputs
 from .network import Network
-from .pool import merge_pool, pop_lowest
+from .pool import merge_pool, pop_batch
 from .spec import InputBox
 
 Tensor = torch.Tensor
 POOL_BYTES = 2e9  # memory the pool of open domains may take (alpha, beta warm starts in float32, splits int8)
+DEPTH_FIRST_SHARE = 0.5  # a pool fuller than this share of its cap is searched depth-first (see `search`)
 STEPS, ROOT_STEPS = 16, 30  # Adam steps per round; at the root
 EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
@@ -305,7 +308,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     `_Problem.relaxations`. top_k: see `_Problem.branch`. closed: a list that gets {"cols": per ReLU node its
     splittable neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved
     (trusted: by the solver, `decide_region`) (for certificates). only: a mask (K,) of the disjuncts to search
-    (default all; the others count as decided elsewhere). fair: the domains of every disjunct in turn (`pop_lowest`)
+    (default all; the others count as decided elsewhere). fair: the domains of every disjunct in turn (`pop_batch`)
     rather than the lowest of all: for disjuncts that are separate questions (refine.py's rows), not one property.
     refute(points (P, n), their disjuncts (P,)) -> (P,) bool, for such questions: which of the open domains' corners
     violate their own disjunct; a disjunct so refuted (or with a linear region left undecided) is dropped from the
@@ -321,7 +324,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     sizes = sum(int(np.prod(node.op.out_shape)) for node in network.nodes)
     max_batch = int(max(1, min(max_batch, 2e8 / (M * sizes))))
     max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 72)))
-    stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0}
+    stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0, "depth_first": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
     disjunct = torch.arange(rows.K) if only is None else only.nonzero().flatten()
     splits = torch.zeros(len(disjunct), N, dtype=torch.int8)
@@ -403,7 +406,10 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             result = finish("open", pool=pool)
             still[pool[2]] = True
             return result
-        (splits, disjunct, alpha, beta, choice, low, up), pool = pop_lowest(pool, batch, fair)
+        deep = len(pool[0]) > DEPTH_FIRST_SHARE * max_pool  # memory short: the deepest first, not past the cap
+        stats["depth_first"] += deep
+        (splits, disjunct, alpha, beta, choice, low, up), pool = pop_batch(
+            pool, max(1, min(batch, max_pool - len(pool[0]))), fair, depth=(pool[1] != 0).sum(1) if deep else None)
         n = splits.shape[0]
         splits = splits.repeat(2, 1)
         splits[torch.arange(n), choice] = 1

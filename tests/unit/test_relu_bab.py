@@ -14,9 +14,9 @@ from scipy.optimize import linprog
 
 from graph_models import TINY_KINDS, assert_relu_split_verdicts, random_graph_file, verdict_cases
 from verifier import bab, relu_bab
-from verifier.pool import pop_lowest
+from verifier.pool import pop_batch
 from verifier.objective_rows import ObjectiveRows
-from verifier.bounds import dual
+from verifier.bounds import dual, milp
 from verifier.bounds.interval import relu_inputs
 from verifier.network import Network, random_network
 from verifier.onnx import load_onnx
@@ -261,12 +261,53 @@ def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, tmp
 
 
 def test_fair_popping_takes_every_disjunct_in_turn():
-    """pop_lowest(fair): the lowest domain of each disjunct before any disjunct's second, lowest keys first within
+    """pop_batch(fair): the lowest domain of each disjunct before any disjunct's second, lowest keys first within
     a rank; without fair, the lowest keys whatever their disjunct. The rest of the pool keeps every other domain."""
     key = torch.tensor([-5.0, -4.0, -3.0, -0.1, -0.2, -9.0])
     disjunct = torch.tensor([0, 0, 0, 1, 2, 0])
     ids = torch.arange(6)
-    (taken_ids, _), rest = pop_lowest((key, ids, disjunct), 4, fair=True)
+    (taken_ids, _), rest = pop_batch((key, ids, disjunct), 4, fair=True)
     assert taken_ids.tolist() == [5, 4, 3, 0] and sorted(rest[1].tolist()) == [1, 2]
-    (taken_ids, _), rest = pop_lowest((key, ids, disjunct), 4)
+    (taken_ids, _), rest = pop_batch((key, ids, disjunct), 4)
     assert sorted(taken_ids.tolist()) == [0, 1, 2, 5] and sorted(rest[1].tolist()) == [3, 4]
+
+
+def test_depth_first_popping_takes_the_deepest_domains():
+    """pop_batch(depth=...): the deepest domains first, the lowest key first among equally deep ones; fair is
+    ignored then (memory first)."""
+    key = torch.tensor([-5.0, -4.0, -3.0, -0.1, -0.2, -9.0])
+    depth = torch.tensor([1, 3, 3, 2, 3, 0])
+    ids = torch.arange(6)
+    (taken_ids, _), rest = pop_batch((key, ids, torch.zeros(6, dtype=torch.long)), 4, fair=True, depth=depth)
+    assert taken_ids.tolist() == [1, 2, 4, 3] and sorted(rest[1].tolist()) == [0, 5]
+
+
+def test_a_pool_near_its_memory_cap_is_searched_depth_first(monkeypatch):
+    """With a pool cap of 2 domains per splittable neuron, instances whose best-first pool outgrows it are still
+    decided: past half the cap the deepest domains go first and a round never pops more than the room left. Never
+    a wrong verdict (the threshold is 0.001 below the MILP's exact minimum: holds), the cap kept, and at least one
+    instance (seed 8) decided only because of the depth-first rounds (best-first alone stops at the cap, open)."""
+    decided_by_depth_first = []
+    for seed in (7, 8, 11):
+        rng, net, box = setup(seed, [3, 10, 10, 3], radius=1.0)
+        C = rng.normal(size=(1, 3))
+        prop = Property(((C, milp.bound(net, box, C, np.zeros(1)).lower - 0.001),))
+        rows, d = ObjectiveRows.of(prop, 3), prop.objective_rows(0)[1]
+        lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
+        root = root_of(net, box, C, d)
+        N = relu_bab._Problem(net, lo, hi, rows, root).n_split
+        cap = 2 * N  # domains; the search derives it from bytes: 8 M N + 17 N + 72 per domain (M = 1 row)
+
+        def run(share: float):
+            monkeypatch.setattr(relu_bab, "DEPTH_FIRST_SHARE", share)
+            return relu_bab.search(net, lo, hi, rows, root, deadline=time.perf_counter() + 30, check=lambda p: None,
+                                   pool_bytes=cap * (25 * N + 72) + 1)
+
+        result = run(0.5)
+        assert result.status in ("holds", "open")  # the property holds: never violated
+        if result.status == "holds":
+            assert result.stats["max_pool"] <= cap
+            best_first = run(float("inf"))
+            if best_first.status == "open" and result.stats["depth_first"] > 0:
+                decided_by_depth_first.append(seed)
+    assert 8 in decided_by_depth_first
