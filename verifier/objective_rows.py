@@ -56,7 +56,7 @@ class ObjectiveRows:
 
 
 def check_candidates(network: Network, rows: ObjectiveRows, points: torch.Tensor, confirm: Callable,
-                      limit: int = 8) -> tuple[np.ndarray | None, int]:
+                     limit: int = 8) -> tuple[np.ndarray | None, int]:
     """Confirm the candidate points (P, n) that violate in float64, most violating first, at most `limit` of them
     (each check runs onnxruntime). Returns (a confirmed point or None, number checked)."""
     if points.numel() == 0:

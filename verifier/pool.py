@@ -1,4 +1,4 @@
-"""The pool of open domains of a best-first branch and bound (input splitting and ReLU splitting alike).
+"""The pool of open domains of a branch and bound (input splitting and ReLU splitting alike).
 
 A pool is a tuple of tensors with one row per domain: the key (P,) first (the domain's lower bound: the lowest key
 is the likeliest to hold a counterexample), then whatever the search keeps per domain (boxes, splits, warm starts).
