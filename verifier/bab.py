@@ -27,7 +27,7 @@ import torch
 from .bounds import symbolic
 from .bounds.base import PROOF_MARGIN, proves
 from .bounds.interval import by_node
-from .pool import merge_pool, pop_batch
+from .pool import lowest_key, merge_pool, pop_batch
 from .relu_bab import search
 from .network import Network
 from .objective_rows import ObjectiveRows, check_candidates
@@ -182,8 +182,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
             pool = merge_pool(pool, key[open_], lo[open_], hi[open_], score[open_], ids[open_])
             stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
             if progress is not None:
-                progress("input split", stats["domains"], len(pool[0]),
-                         float(pool[0].min()) if len(pool[0]) else None)
+                progress("input split", stats["domains"], len(pool[0]), lowest_key(pool))
             if len(pool[0]) == 0:
                 return finish(UNKNOWN if stats["unresolved"] else HOLDS)
             if time.perf_counter() > deadline:

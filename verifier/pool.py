@@ -15,6 +15,11 @@ def merge_pool(pool: tuple | None, *parts: Tensor) -> tuple:
     return parts if pool is None else tuple(torch.cat([a, b]) for a, b in zip(pool, parts))
 
 
+def lowest_key(pool: tuple) -> float | None:
+    """The lowest key of the pool (its open domains' lowest bound), None when it is empty."""
+    return float(pool[0].min()) if len(pool[0]) else None
+
+
 def pop_batch(pool: tuple, batch: int, fair: bool = False, depth: Tensor | None = None) -> tuple[tuple, tuple]:
     """The next `batch` domains (their tensors, key left out) and the rest of the pool. Best-first: the lowest keys.
     fair (pool[2]: the domains' disjuncts): the lowest of each disjunct first, then the second lowest of each, and so

@@ -58,7 +58,7 @@ from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
 from .bounds.interval import relu_inputs
 from .network import Network
-from .pool import merge_pool, pop_batch
+from .pool import lowest_key, merge_pool, pop_batch
 from .spec import InputBox
 
 Tensor = torch.Tensor
@@ -399,7 +399,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             pool = tuple(t[~still[pool[2]]] for t in pool)
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
         if progress is not None:
-            progress(stats["domains"], len(pool[0]), float(pool[0].min()) if len(pool[0]) else None)
+            progress(stats["domains"], len(pool[0]), lowest_key(pool))
         if len(pool[0]) == 0:
             return finish("open" if still.any() else "holds", pool=pool)
         if time.perf_counter() > deadline or len(pool[0]) > max_pool:
