@@ -18,6 +18,9 @@ with, per domain:
   engine's `betas` term ``-beta sign`` on the rows at the ReLU's input) is a bound on the domain for ANY alpha in
   [0, 1] and beta >= 0 (a wrong multiplier only loosens it). Both are optimized by projected Adam for a few steps
   per round, warm-started from the parent domain (a new split's beta starts at 0); each row keeps its best iterate.
+  One row of a conjunction proves a domain, so of a conjunction's M rows only the TUNED_ROWS best at the parent are
+  optimized; the others keep their warm starts, and every row gets the round's final pass (measured:
+  docs/search.md).
 
 Search: best-first (lowest bound first, where counterexamples are likeliest); domains live in a pool of tensors
 (splits int8, alpha/beta float32 warm starts, the splittable neurons' bounds) capped by memory: past DEPTH_FIRST_SHARE
@@ -67,6 +70,7 @@ DEPTH_FIRST_SHARE = 0.5  # a pool fuller than this share of its cap is searched 
 STEPS, ROOT_STEPS = 16, 30  # Adam steps per round; at the root
 EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
+TUNED_ROWS = 2  # rows of a conjunction whose alpha and beta a domain's steps optimize: its parent's best (`bound`)
 RETIGHTEN_LAYERS = 1  # ReLU layers after a domain's newest split whose inputs are bounded again (see relaxations)
 TOP_K = 1  # candidates per domain whose children are estimated before branching (1: the best score alone; measured
 # on MNIST 256x4 prop_3 eps 0.05: 1 proves it in 14 s, 4 runs out of 60 s after 14745 domains: the estimate, with
@@ -249,21 +253,27 @@ class _Problem:
         return torch.cat(parts, 1).unsqueeze(1)
 
     def bound(self, splits: Tensor, disjunct: Tensor, alpha: Tensor, beta: Tensor, steps: int, lr: float = 0.1,
-              deadline: float | None = None, inherited: tuple | None = None, newest: Tensor | None = None):
+              deadline: float | None = None, inherited: tuple | None = None, newest: Tensor | None = None,
+              tuned: Tensor | None = None):
         """Optimized lower bounds (B, M) of the rows of each domain's disjunct; splits (B, N), disjunct (B,),
         alpha, beta (B, M, N) warm starts; inherited, newest: see `relaxations`. Returns (lower, alpha, beta (the
         best iterate per row, in self.dtype), the final pass's record (`engine.backward`: rows reaching each ReLU,
         input coefficients (B, M, n)), the relaxations {r: (B, 1, *shape)}, the splittable neurons' bounds (l, u)
         (B, N)). No step starts after `deadline` (time.perf_counter()); every iterate is sound. The layer bounds
-        and the returned bounds come from float64 passes, whatever self.dtype the steps took."""
+        and the returned bounds come from float64 passes, whatever self.dtype the steps took. tuned (B, R): the
+        rows whose alpha and beta the steps optimize (default all); the others keep their warm starts, and every row
+        gets the final pass: only one row of a conjunction need prove a domain, and the parent's best rows are the
+        likeliest."""
         with torch.no_grad():
             relax, sign, empty, used = self.relaxations(splits, inherited, newest)
         C, d = self.C[disjunct], self.d[disjunct]
-        fast = (relax, sign, C, d) if self.dtype == torch.float64 else (
+        alpha, beta = alpha.to(self.dtype).expand(C.shape[0], -1, -1), beta.to(self.dtype)
+        pick = (slice(None),) if tuned is None else (torch.arange(C.shape[0]).unsqueeze(1), tuned)
+        fast = (relax, sign, C[pick], d[pick]) if self.dtype == torch.float64 else (
             {r: x.to(self.dtype) for r, x in relax.items()}, {r: x.to(self.dtype) for r, x in sign.items()},
-            C.to(self.dtype), d.to(self.dtype))
-        a, b = alpha.to(self.dtype).clone(), beta.to(self.dtype).clone()
-        best, best_a, best_b = None, a.clone(), b.clone()
+            C[pick].to(self.dtype), d[pick].to(self.dtype))
+        a, b = alpha[pick].clone(), beta[pick].clone()
+        best, a_best, b_best = None, a.clone(), b.clone()
         leaves = [a.requires_grad_(), b.requires_grad_()]
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
         for step in range(1, steps + 1):
@@ -273,8 +283,8 @@ class _Problem:
             with torch.no_grad():
                 better = lower > best if best is not None else torch.ones_like(lower, dtype=torch.bool)
                 best = lower.detach() if best is None else torch.where(better, lower, best)
-                best_a = torch.where(better.unsqueeze(-1), a.detach(), best_a)
-                best_b = torch.where(better.unsqueeze(-1), b.detach(), best_b)
+                a_best = torch.where(better.unsqueeze(-1), a.detach(), a_best)
+                b_best = torch.where(better.unsqueeze(-1), b.detach(), b_best)
             objective = torch.where(torch.isfinite(lower), lower, torch.zeros_like(lower)).sum()
             grads = torch.autograd.grad(objective, leaves)
             with torch.no_grad():
@@ -282,6 +292,8 @@ class _Problem:
                 adam_step(leaves[1:], grads[1:], moments[1:], step, lr, upper=None)
         record: dict = {}
         with torch.no_grad():  # rows are independent in the pass: the best slopes of each row reproduce its best
+            best_a, best_b = alpha.clone(), beta.clone()
+            best_a[pick], best_b[pick] = a_best, b_best
             lower = self._pass(relax, sign, C, d, best_a.double(), best_b.double(), record)
         lower = torch.where(empty.unsqueeze(1), torch.full_like(lower, torch.inf), lower)  # no input: holds
         return lower, best_a, best_b, record, relax, used
@@ -292,7 +304,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            side_attack: Callable[[float], np.ndarray | None] | None = None, max_batch: int = 256,
            steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float32,
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
-           closed: list | None = None, only: Tensor | None = None, fair: bool = False,
+           closed: list | None = None, only: Tensor | None = None, fair: bool = False, tuned_rows: int = TUNED_ROWS,
            refute: Callable[[Tensor, Tensor], Tensor] | None = None,
            progress: Callable[[int, int, float | None], None] | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
@@ -305,7 +317,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     root_steps: Adam steps per round / at the root.
     dtype float32: the optimization steps run in float32; the layer bounds and each round's final bound, from the
     best slopes and multipliers, stay float64 passes: only a float64 bound proves. retighten: see
-    `_Problem.relaxations`. top_k: see `_Problem.branch`. closed: a list that gets {"cols": per ReLU node its
+    `_Problem.relaxations`. top_k: see `_Problem.branch`. tuned_rows: rows of a conjunction whose alpha and beta a
+    domain's steps optimize, its parent's best (`_Problem.bound`; all at the root). closed: a list that gets {"cols": per ReLU node its
     splittable neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved
     (trusted: by the solver, `decide_region`) (for certificates). only: a mask (K,) of the disjuncts to search
     (default all; the others count as decided elsewhere). fair: the domains of every disjunct in turn (`pop_batch`)
@@ -323,14 +336,16 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     M, N = rows.M, problem.n_split
     sizes = sum(int(np.prod(node.op.out_shape)) for node in network.nodes)
     max_batch = int(max(1, min(max_batch, 2e8 / (M * sizes))))
-    max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 72)))
+    R = min(M, tuned_rows)
+    max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 8 * R + 72)))
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0, "depth_first": 0}
     still = torch.zeros(rows.K, dtype=torch.bool)
     disjunct = torch.arange(rows.K) if only is None else only.nonzero().flatten()
     splits = torch.zeros(len(disjunct), N, dtype=torch.int8)
     alpha = problem.start_alpha().expand(len(disjunct), M, -1)
     beta = torch.zeros(len(disjunct), M, N, dtype=dtype)
-    inherited, newest = None, None  # the parents' bounds of the splittable neurons; layer of the newest split
+    inherited, newest, tuned = None, None, None  # the parents' bounds of the splittable neurons; layer of the newest
+    # split; rows the steps optimize (`_Problem.bound`; all at the root)
     pool, n_steps, batch = None, root_steps, 8
     if closed is not None:
         closed.append({"cols": [problem.cols[r] for r in problem.relus]})
@@ -350,7 +365,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         stats["bound_calls"] += 1
         step_start = time.perf_counter()
         lower, alpha, beta, record, relax, used = problem.bound(splits, disjunct, alpha, beta, n_steps,
-                                                                deadline=deadline, inherited=inherited, newest=newest)
+                                                                deadline=deadline, inherited=inherited, newest=newest,
+                                                                tuned=tuned)
         took, n_steps = time.perf_counter() - step_start, steps
         if took < STEP_SECONDS / 2 and B >= batch:  # rounds of about STEP_SECONDS: deadlines kept, memory bounded
             batch = min(2 * batch, max_batch)
@@ -394,7 +410,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             stats["stuck"] += 1
         choice = problem.branch(splits, disjunct, alpha, beta, relax, score, top_k)
         pool = merge_pool(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
-                          beta[open_].float(), choice[open_], used[0][open_], used[1][open_])
+                          beta[open_].float(), choice[open_], used[0][open_], used[1][open_],
+                          lower[open_].topk(R, dim=1).indices)
         if refute is not None:
             pool = tuple(t[~still[pool[2]]] for t in pool)
         stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
@@ -408,11 +425,12 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             return result
         deep = len(pool[0]) > DEPTH_FIRST_SHARE * max_pool  # memory short: the deepest first, not past the cap
         stats["depth_first"] += deep
-        (splits, disjunct, alpha, beta, choice, low, up), pool = pop_batch(
+        (splits, disjunct, alpha, beta, choice, low, up, tuned), pool = pop_batch(
             pool, max(1, min(batch, max_pool - len(pool[0]))), fair, depth=(pool[1] != 0).sum(1) if deep else None)
         n = splits.shape[0]
         splits = splits.repeat(2, 1)
         splits[torch.arange(n), choice] = 1
         splits[n + torch.arange(n), choice] = -1
-        disjunct, alpha, beta = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1)
+        disjunct, alpha, beta, tuned = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1), \
+            tuned.repeat(2, 1)
         inherited, newest = (low.repeat(2, 1), up.repeat(2, 1)), problem.layer_of(choice).repeat(2)

@@ -303,3 +303,34 @@ def test_leaves_the_checker_cannot_prove_are_cut_as_the_search_clips(tmp_path):
     stats = certify(model, vnnlib, tmp_path / "c.npz")
     assert stats["written"] and stats["refined"] > 0 and stats["leaves"] < 1000
     assert check.check(model, vnnlib, tmp_path / "c.npz") == (stats["leaves"], 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_conjunction_ruled_out_by_different_rows_certifies(seed, tmp_path):
+    """``Y_0 <= m - h and Y_0 >= m + h and Y_1 <= 1e3`` (m: the middle of Y_0's range): no input meets it; each
+    domain of the search is ruled out by the first row or the second, with only relu_bab.TUNED_ROWS of the three
+    rows optimized per domain. The certificate carries every row's slopes and multipliers and checks valid."""
+    from verifier import bab, relu_bab
+    from verifier.certificate import write_certificate
+    from verifier.spec import InputBox
+    from verifier.vnnlib import parse_vnnlib
+
+    net = random_network([4, 7, 6, 2], np.random.default_rng(seed))
+    model, vnnlib = tmp_path / "n.onnx", tmp_path / "p.vnnlib"
+    save_onnx(net, model)
+    net = load_onnx(model)
+    low, minus_high = enumerate_bound(net, InputBox(np.full(4, -1.0), np.full(4, 1.0)), np.array([[1.0, 0], [-1, 0]]))
+    middle, half = float(low - minus_high) / 2, 0.05 * float(-minus_high - low)
+    vnnlib.write_text("".join(f"(declare-const X_{i} Real)\n(assert (<= X_{i} 1.0))\n(assert (>= X_{i} -1.0))\n"
+                              for i in range(4)) + "(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+                      f"(assert (<= Y_0 {middle - half!r}))\n(assert (>= Y_0 {middle + half!r}))\n"
+                      "(assert (<= Y_1 1000.0))\n")
+    (box, prop), = parse_vnnlib(vnnlib, 4, 2)
+    assert relu_bab.TUNED_ROWS < 3
+    trace = {"kind": "relu"}
+    result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 60, milp_after=1.0, trace=trace,
+                            confirm=lambda x: False)
+    assert result.status == "holds" and result.stats["domains"] > 1
+    stats = write_certificate(net, vnnlib, [(box, prop)], [trace], tmp_path / "c.npz")
+    assert stats["written"] and stats["leaves"] > 1
+    assert check.check(model, vnnlib, tmp_path / "c.npz") == (stats["leaves"], stats["milp_trusted"])

@@ -197,6 +197,62 @@ def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift,
         assert bool(result.still.any())  # undecided only where a domain could not be split further
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_tuning_some_rows_keeps_the_others_warm_starts(seed):
+    """`bound(tuned=...)`: the tuned rows' alpha and beta move and their bounds reach at least the untuned pass; the
+    other rows come back with their warm starts and the untuned pass's bounds; every row stays below its minimum."""
+    rng, net, box = setup(seed, [3, 5, 5, 3])
+    C = rng.normal(size=(3, 3))
+    rows = ObjectiveRows.of(Property(((C, np.zeros(3)),)), 3)  # one conjunction of three rows
+    problem = relu_bab._Problem(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None], rows,
+                                root_of(net, box, C, np.zeros(3)))
+    splits, first = torch.zeros(2, problem.n_split, dtype=torch.int8), torch.zeros(2, dtype=torch.long)
+    alpha = problem.start_alpha().expand(2, 3, -1).clone()
+    beta = torch.zeros(2, 3, problem.n_split, dtype=torch.float64)
+    plain, *_ = problem.bound(splits, first, alpha, beta, steps=0)
+    tuned = torch.tensor([[1], [2]])  # a different row per domain
+    lower, a, b, *_ = problem.bound(splits, first, alpha, beta, steps=20, tuned=tuned)
+    for domain, row in enumerate(tuned[:, 0].tolist()):
+        others = [k for k in range(3) if k != row]
+        assert torch.equal(a[domain, others], alpha[domain, others]) and torch.equal(b[domain, others],
+                                                                                     beta[domain, others])
+        assert torch.allclose(lower[domain, others], plain[domain, others], rtol=0, atol=1e-12)
+        assert float(lower[domain, row]) >= float(plain[domain, row]) - 1e-12
+    assert bool((lower <= torch.tensor(brute_min(net, box, C)) + 1e-7).all())
+    if problem.n_split:  # the tuned slopes moved
+        assert not torch.equal(a[0, 1], alpha[0, 1]) or not torch.equal(a[1, 2], alpha[1, 2])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), width=st.integers(3, 5), gap=st.floats(-0.4, 0.4), tuned_rows=st.integers(1, 3))
+def test_conjunctions_whose_proving_row_changes_between_domains(seed, width, gap, tuned_rows):
+    """The conjunction ``c f <= m - gap/2 and c f >= m + gap/2`` (m: the middle of c f's range) and a row that never
+    helps: with gap > 0 no input meets it, but a domain is ruled out by one row or the other depending on where c f
+    lies in it, so the row that proves changes between domains; with gap < 0 the inputs where c f is near m meet it.
+    With only `tuned_rows` rows optimized per domain, the search reaches that verdict or stays undecided."""
+    rng, net, box = setup(seed, [3, width, width, 3])
+    c = rng.normal(size=3)
+    low, minus_high = brute_min(net, box, np.stack([c, -c]))
+    high = -minus_high
+    assume(high - low > 1e-3 and abs(gap) > 1e-3)
+    middle, half = (low + high) / 2, gap * (high - low) / 2
+    prop = Property(((np.stack([c, -c, rng.normal(size=3)]), np.array([middle - half, -middle - half, 1e3])),))
+    rows = ObjectiveRows.of(prop, 3)
+    lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
+
+    def check(points):
+        bad = prop.violated_by(net.forward(points.numpy()))
+        return points[bad][0].numpy() if bad.any() else None
+
+    result = relu_bab.search(net, lo, hi, rows, root_of(net, box, rows.C.numpy(), rows.d.numpy()),
+                             deadline=time.perf_counter() + 10, check=check, tuned_rows=tuned_rows)
+    assert result.status in (("holds" if gap > 0 else "violated"), "open")
+    if result.status == "violated":
+        assert box.contains(result.x) and prop.violated_by(net.forward(result.x))
+    if result.status == "open":
+        assert bool(result.still.any())
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_only_the_masked_disjuncts_are_searched(seed):
     """Disjunct 0 violated (a threshold above the exact minimum), disjunct 1 ruled out (below it): the whole
