@@ -22,21 +22,20 @@ with, per domain:
   optimized; the others keep their warm starts, and every row gets the round's final pass (measured:
   docs/search.md).
 
-Search: best-first (lowest bound first, where counterexamples are likeliest); domains live in a pool of tensors
-(splits int8, alpha/beta float32 warm starts, the splittable neurons' bounds) capped by memory: past DEPTH_FIRST_SHARE
-of the cap the deepest domains go first (depth-first: their children are the likeliest to close) and a round pops no
-more than the room left, so the pool shrinks back instead of running out; a pool past its cap all the same ends the
-search, undecided (measured: docs/search.md). Branching: the free root-unstable neuron with the largest |row coefficient at its ReLU| x triangle
-height -l u / (u - l) in the domain's best row (BaBSR-like), or with the largest height when every such product is 0
-(a lower slope 0 after a neuron zeroes its coefficient without removing its relaxation error: on MNIST 256x4 prop_3
-eps 0.05 such domains looked finished, went to the MILP and the instance took 56 s; split by height, 20 s without the
-MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP (`milp.min_max` without
-binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box corner minimizing the best
-row's linear bound, and the caller's side attack, checked by `check` (float64, then onnxruntime on the original
+Search: best-first (lowest bound first, where counterexamples are likeliest); domains live in a pool of tensors (splits
+int8, alpha/beta float32 warm starts, the splittable neurons' bounds) capped by memory: past DEPTH_FIRST_SHARE of the
+cap the deepest domains go first (depth-first: their children are the likeliest to close) and a round pops no more than
+the room left, so the pool shrinks back instead of running out; a pool past its cap all the same ends the search,
+undecided (measured: docs/search.md). Branching: the free root-unstable neuron with the largest |row coefficient at its
+ReLU| x triangle height -l u / (u - l) in the domain's best row (BaBSR-like), or with the largest height when every such
+product is 0 (a lower slope 0 after a neuron zeroes its coefficient without removing its relaxation error: on MNIST
+256x4 prop_3 eps 0.05 such domains looked finished, went to the MILP and the instance took 56 s; split by height, 20 s
+without the MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP (`milp.min_max`
+without binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box corner minimizing
+the best row's linear bound, and the caller's side attack, checked by `check` (float64, then onnxruntime on the original
 model). Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower >
-PROOF_MARGIN``. The Adam steps run in float32 (`search`'s dtype) between float64 passes: the layer bounds
-(re-tightening included) and the bound each round ends with, from the best float32 iterate's slopes and multipliers,
-are float64.
+PROOF_MARGIN``. The Adam steps run in float32 (`search`'s dtype) between float64 passes: the layer bounds (re-tightening
+included) and the bound each round ends with, from the best float32 iterate's slopes and multipliers, are float64.
 
 Defaults, measured on MNIST 256x4 prop_3 eps 0.05 (unsat; one torch thread, machine under load): Adam steps per
 round 2: undecided after 40 s (8201 domains); 4: proved in 5.7 s; 8: 9.0 s; 16: 3.9 s (283 domains). float32 steps
@@ -315,14 +314,14 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     domain carries only its disjunct's rows. max_batch: domains split per round at most (fewer when one pass's
     rows would exceed about 2e8 entries: conv nets; the batch starts at 8 and adapts to STEP_SECONDS); steps /
     root_steps: Adam steps per round / at the root.
-    dtype float32: the optimization steps run in float32; the layer bounds and each round's final bound, from the
-    best slopes and multipliers, stay float64 passes: only a float64 bound proves. retighten: see
-    `_Problem.relaxations`. top_k: see `_Problem.branch`. tuned_rows: rows of a conjunction whose alpha and beta a
-    domain's steps optimize, its parent's best (`_Problem.bound`; all at the root). closed: a list that gets {"cols": per ReLU node its
-    splittable neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved
-    (trusted: by the solver, `decide_region`) (for certificates). only: a mask (K,) of the disjuncts to search
-    (default all; the others count as decided elsewhere). fair: the domains of every disjunct in turn (`pop_batch`)
-    rather than the lowest of all: for disjuncts that are separate questions (refine.py's rows), not one property.
+    dtype float32: the optimization steps run in float32; the layer bounds and each round's final bound, from the best
+    slopes and multipliers, stay float64 passes: only a float64 bound proves. retighten: see `_Problem.relaxations`.
+    top_k: see `_Problem.branch`. tuned_rows: rows of a conjunction whose alpha and beta a domain's steps optimize, its
+    parent's best (`_Problem.bound`; all at the root). closed: a list that gets {"cols": per ReLU node its splittable
+    neurons} first, then (splits, disjunct, alpha, beta, trusted) of every batch of domains proved (trusted: by the
+    solver, `decide_region`) (for certificates). only: a mask (K,) of the disjuncts to search (default all; the others
+    count as decided elsewhere). fair: the domains of every disjunct in turn (`pop_batch`) rather than the lowest of
+    all: for disjuncts that are separate questions (refine.py's rows), not one property.
     refute(points (P, n), their disjuncts (P,)) -> (P,) bool, for such questions: which of the open domains' corners
     violate their own disjunct; a disjunct so refuted (or with a linear region left undecided) is dropped from the
     search (marked in `still`). progress(domains bounded, open domains, their lowest bound): called every round.
