@@ -226,8 +226,8 @@ def test_tuning_some_rows_keeps_the_others_warm_starts(seed):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10**6), width=st.integers(3, 5), gap=st.floats(-0.4, 0.4), tuned_rows=st.integers(1, 3))
 def test_conjunctions_whose_proving_row_changes_between_domains(seed, width, gap, tuned_rows):
-    """The conjunction ``c f <= m - gap/2 and c f >= m + gap/2`` (m: the middle of c f's range) and a row that never
-    helps: with gap > 0 no input meets it, but a domain is ruled out by one row or the other depending on where c f
+    """The conjunction ``c f <= m - h and c f >= m + h`` (m: the middle of c f's range, h: gap times half its width)
+    and a row that never helps: with gap > 0 no input meets it, but a domain is ruled out by one row or the other depending on where c f
     lies in it, so the row that proves changes between domains; with gap < 0 the inputs where c f is near m meet it.
     With only `tuned_rows` rows optimized per domain, the search reaches that verdict or stays undecided."""
     rng, net, box = setup(seed, [3, width, width, 3])
