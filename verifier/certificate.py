@@ -32,6 +32,7 @@ from . import check
 from .bounds.base import PROOF_MARGIN
 from .errors import UnsupportedNetwork
 from .network import Network
+from .objective_rows import ObjectiveRows
 
 CLIP_ROUNDS = 2  # rounds of bound tightening when a leaf is cut as the search clips boxes (as bab's clipping)
 
@@ -246,7 +247,6 @@ def _widen_neurons(chain: check.Chain, pair: dict) -> None:
 def _reoptimize(network: Network, chain: check.Chain, pair: dict, leaves: np.ndarray, steps: int = 60) -> None:
     """Optimize the slopes and multipliers of some leaves again (in place), with the engine's ReLU-split
     bounding (relu_bab) held to the checker's own layer bounds of each leaf."""
-    from .objective_rows import ObjectiveRows
     from .relu_bab import _Problem
     from .spec import Property
 
@@ -349,8 +349,6 @@ def write_certificate(network: Network, vnnlib_path, pairs: list, traces: list, 
                 "d": [d for _, d in prop.disjuncts], "kind": trace.get("kind", "relu")}
         if pair["kind"] == "input":
             tree = _input_tree(box, trace["events"])
-            from .objective_rows import ObjectiveRows
-
             ok, added = _prove_input(network, chain, pair, ObjectiveRows.of(prop, chain.n_outputs), tree, deadline)
             stats["refined"] += added
             pair.update(tree.arrays())

@@ -344,7 +344,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     alpha = problem.start_alpha().expand(len(disjunct), M, -1)
     beta = torch.zeros(len(disjunct), M, N, dtype=dtype)
     inherited, newest, tuned = None, None, None  # the parents' bounds of the splittable neurons; layer of the newest
-    # split; rows the steps optimize (`_Problem.bound`; all at the root)
+    # split; rows the steps optimize (`_Problem.bound`; all of them at the root, and whenever M <= tuned_rows)
     pool, n_steps, batch = None, root_steps, 8
     if closed is not None:
         closed.append({"cols": [problem.cols[r] for r in problem.relus]})
@@ -365,7 +365,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         step_start = time.perf_counter()
         lower, alpha, beta, record, relax, used = problem.bound(splits, disjunct, alpha, beta, n_steps,
                                                                 deadline=deadline, inherited=inherited, newest=newest,
-                                                                tuned=tuned)
+                                                                tuned=tuned if R < M else None)
         took, n_steps = time.perf_counter() - step_start, steps
         if took < STEP_SECONDS / 2 and B >= batch:  # rounds of about STEP_SECONDS: deadlines kept, memory bounded
             batch = min(2 * batch, max_batch)
