@@ -30,12 +30,14 @@ undecided (measured: docs/search.md). Branching: the free root-unstable neuron w
 ReLU| x triangle height -l u / (u - l) in the domain's best row (BaBSR-like), or with the largest height when every such
 product is 0 (a lower slope 0 after a neuron zeroes its coefficient without removing its relaxation error: on MNIST
 256x4 prop_3 eps 0.05 such domains looked finished, went to the MILP and the instance took 56 s; split by height, 20 s
-without the MILP). A domain whose splittable neurons are all split or stable is a linear region: one LP (`milp.min_max`
-without binaries) decides it, and its minimizer is checked as a counterexample. Candidates: the box corner minimizing
-the best row's linear bound, and the caller's side attack, checked by `check` (float64, then onnxruntime on the original
-model). Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower >
-PROOF_MARGIN``. The Adam steps run in float32 (`search`'s dtype) between float64 passes: the layer bounds (re-tightening
-included) and the bound each round ends with, from the best float32 iterate's slopes and multipliers, are float64.
+without the MILP). The last ReLU layer's scores count LAST_LAYER_WEIGHT times where re-tightening its inputs after a
+split in the layer before gains little (`_Problem.last_layer_weight`; measured: docs/search.md). A domain whose
+splittable neurons are all split or stable is a linear region: one LP (`milp.min_max` without binaries) decides it,
+and its minimizer is checked as a counterexample. Candidates: the box corner minimizing the best row's linear bound,
+and the caller's side attack, checked by `check` (float64, then onnxruntime on the original model). Soundness: float64
+passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``. The Adam steps run
+in float32 (`search`'s dtype) between float64 passes: the layer bounds (re-tightening included) and the bound each
+round ends with, from the best float32 iterate's slopes and multipliers, are float64.
 
 Defaults, measured on MNIST 256x4 prop_3 eps 0.05 (unsat; one torch thread, machine under load): Adam steps per
 round 2: undecided after 40 s (8201 domains); 4: proved in 5.7 s; 8: 9.0 s; 16: 3.9 s (283 domains). float32 steps
@@ -71,6 +73,9 @@ EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empt
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
 TUNED_ROWS = 2  # rows of a conjunction whose alpha and beta a domain's steps optimize: its parent's best (`bound`)
 RETIGHTEN_LAYERS = 1  # ReLU layers after a domain's newest split whose inputs are bounded again (see relaxations)
+LAST_LAYER_WEIGHT = 10.0  # factor of the last ReLU layer's branching scores once re-tightening its inputs is seen
+RETIGHTEN_PAYS = 0.02  # to narrow them by less than this on average, over at least this many unstable entries:
+NARROWING_SAMPLES = 1000  # `_Problem.last_layer_weight`
 TOP_K = 1  # candidates per domain whose children are estimated before branching (1: the best score alone; measured
 # on MNIST 256x4 prop_3 eps 0.05: 1 proves it in 14 s, 4 runs out of 60 s after 14745 domains: the estimate, with
 # the parent's layer bounds, misses what re-tightening the children gains)
@@ -112,6 +117,8 @@ class _Problem:
             self.slices[r] = slice(start, start + self.cols[r].numel())
             start += self.cols[r].numel()
         self.n_split = start
+        self.last_input = network.nodes[self.relus[-1]].inputs[0] if self.relus else None
+        self.narrowing = [0.0, 0]  # re-tightenings of the last ReLU layer's inputs: sum of (1 - new / old width), count
         self.layer_starts = torch.tensor([self.slices[r].start for r in self.relus])
         self.output_bounds = root.get(network.output)  # for the LP's layer bounds (the output node's entry)
         self.C = rows.C.reshape(rows.K, rows.M, *network.output_shape).double()
@@ -165,6 +172,8 @@ class _Problem:
                                             "adaptive", exact, reference=part, output_pass=False)
                 for k in later:
                     bounds[k] = tuple(x.index_copy(0, idx, y) for x, y in zip(bounds[k], new[k]))
+                    if k == self.last_input:
+                        self._count_narrowing(part[k], new[k])
         relax = {r: engine.relax(*bounds[self.network.nodes[r].inputs[0]], "adaptive") for r in self.relus}
         empty = torch.zeros(B, dtype=torch.bool)
         used_l, used_u = [], []
@@ -174,6 +183,24 @@ class _Problem:
             used_l.append(l[:, self.cols[r]])
             used_u.append(u[:, self.cols[r]])
         return relax, sign, empty, (torch.cat(used_l, 1), torch.cat(used_u, 1))
+
+    def _count_narrowing(self, old: tuple, new: tuple) -> None:
+        """Adds to self.narrowing how much re-tightening narrowed the entries unstable under old (l, u) (B, *shape):
+        new (l, u), intersected with old."""
+        (l0, u0), (l1, u1) = old, new
+        unstable = (l0 < 0) & (u0 > 0)
+        narrower = 1 - (torch.minimum(u0, u1) - torch.maximum(l0, l1)).clamp(min=0) / (u0 - l0).clamp(min=1e-300)
+        self.narrowing[0] += float(narrower[unstable].sum())
+        self.narrowing[1] += int(unstable.sum())
+
+    def last_layer_weight(self) -> float:
+        """The factor of the last ReLU layer's branching scores: LAST_LAYER_WEIGHT once re-tightening that layer's
+        inputs after a split in the layer before has been seen to narrow them by less than RETIGHTEN_PAYS on average
+        (over NARROWING_SAMPLES unstable entries at least), else 1. A split before the last ReLU layer pays by its
+        own relaxation (its score) and by the later layers' bounds it tightens; where the latter is small the scores
+        of the layers before overrate their splits (measured: docs/search.md)."""
+        total, count = self.narrowing
+        return LAST_LAYER_WEIGHT if count >= NARROWING_SAMPLES and total / count < RETIGHTEN_PAYS else 1.0
 
     def decide_region(self, network: Network, used: tuple, disjunct: int, deadline: float
                       ) -> tuple[bool, np.ndarray | None]:
@@ -356,6 +383,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             lower = lower.scatter_reduce(0, pool[2], pool[0].double(), "amin")
             lower[still] = -torch.inf  # a stuck domain left undecided: no bound
         stats["seconds"] = round(time.perf_counter() - start, 4)
+        stats["last_layer_narrowing"] = round(problem.narrowing[0] / max(problem.narrowing[1], 1), 4)
+        stats["last_layer_weight"] = problem.last_layer_weight()
         return SearchResult(status, x, still, stats, lower)
 
     while True:
@@ -392,6 +421,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         height = torch.where(splits == 0, height, torch.zeros_like(height))
         score = torch.cat([engine.picked_rows(record[r], row).abs().reshape(B, -1)[:, problem.cols[r]]
                            for r in problem.relus], 1) * height
+        if problem.relus:
+            score[:, problem.slices[problem.relus[-1]]] *= problem.last_layer_weight()
         # a zero row coefficient can hide relaxation error (a lower slope 0 after it): the height decides there
         score = torch.where((score > 0).any(1, keepdim=True), score, height)
         stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # every splittable neuron split or stable

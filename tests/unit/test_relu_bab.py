@@ -197,6 +197,73 @@ def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift,
         assert bool(result.still.any())  # undecided only where a domain could not be split further
 
 
+def test_the_last_layer_weight_follows_what_re_tightening_its_inputs_gained(monkeypatch):
+    """`_count_narrowing` adds 1 - new / old width per entry unstable before (an entry shown empty counts 1); the
+    last ReLU layer's branching factor is LAST_LAYER_WEIGHT only once NARROWING_SAMPLES entries averaged less than
+    RETIGHTEN_PAYS. A split in the first of three ReLU layers re-tightens the second, not the last: nothing counted;
+    a split in the second counts every unstable entry of the last layer's inputs."""
+    rng, net, box = setup(3, [3, 6, 6, 6, 2], radius=1.0)
+    C = rng.normal(size=(1, 2))
+    rows = ObjectiveRows.of(Property(((C, np.zeros(1)),)), 2)
+    lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
+    problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, np.zeros(1)))
+    assert all(len(problem.cols[r]) for r in problem.relus)  # every layer has a neuron to split
+    old = (torch.tensor([[-1.0, -2.0, 1.0, -1.0]]), torch.tensor([[1.0, 2.0, 3.0, 1.0]]))  # 3 unstable entries
+    new = (torch.tensor([[-0.5, -2.0, 1.5, 0.5]]), torch.tensor([[1.0, 1.0, 2.0, 0.4]]))  # narrowed by 1/4, 1/4, all
+    monkeypatch.setattr(relu_bab, "NARROWING_SAMPLES", 6)
+    problem._count_narrowing(old, new)
+    assert problem.narrowing[1] == 3 and problem.narrowing[0] == pytest.approx(1.5)
+    assert problem.last_layer_weight() == 1.0  # 3 entries of the 6 needed
+    problem._count_narrowing(old, old)
+    assert problem.narrowing[0] / problem.narrowing[1] == pytest.approx(0.25)
+    monkeypatch.setattr(relu_bab, "RETIGHTEN_PAYS", 0.2)
+    assert problem.last_layer_weight() == 1.0  # re-tightening pays: the scores as they are
+    monkeypatch.setattr(relu_bab, "RETIGHTEN_PAYS", 0.3)
+    assert problem.last_layer_weight() == relu_bab.LAST_LAYER_WEIGHT
+    problem.narrowing = [0.0, 0]
+    parent = torch.zeros(2, problem.n_split, dtype=torch.int8)
+    *_, used = problem.relaxations(parent)
+    for layer, counted in ((0, False), (1, True)):
+        first = problem.slices[problem.relus[layer]].start
+        child = parent.clone()
+        child[:, first] = torch.tensor([1, -1], dtype=torch.int8)
+        before = problem.narrowing[1]
+        problem.relaxations(child, used, torch.full((2,), layer))
+        last = problem.root[problem.relus[-1]]
+        unstable = 2 * int(((last[0] < 0) & (last[1] > 0)).sum())  # the root's bounds are the parents' here
+        assert problem.narrowing[1] - before == (unstable if counted else 0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_weighting_the_last_layer_changes_the_order_not_the_verdict(seed, monkeypatch):
+    """With the last ReLU layer's factor switched on after the first re-tightening (RETIGHTEN_PAYS above any
+    narrowing) and large, the search on random three-layer nets still gives the exact verdict: thresholds 0.05
+    below and above the MILP's minimum."""
+    monkeypatch.setattr(relu_bab, "NARROWING_SAMPLES", 1)
+    monkeypatch.setattr(relu_bab, "RETIGHTEN_PAYS", 2.0)
+    monkeypatch.setattr(relu_bab, "LAST_LAYER_WEIGHT", 1e3)
+    rng, net, box = setup(seed, [3, 6, 6, 6, 2], radius=1.0)
+    C = rng.normal(size=(1, 2))
+    exact = milp.bound(net, box, C, np.zeros(1)).lower[0]
+    weights = []
+    for shift in (-0.05, 0.05):
+        prop = Property(((C, np.array([exact + shift])),))  # violated where C f <= exact + shift
+        rows, d = ObjectiveRows.of(prop, 2), prop.objective_rows(0)[1]
+
+        def check(points):
+            bad = (net.forward(points.numpy()) @ C.T <= exact + shift).any(1)
+            return points[bad][0].numpy() if bad.any() else None
+
+        result = relu_bab.search(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None], rows,
+                                 root_of(net, box, C, d), deadline=time.perf_counter() + 30, check=check)
+        assert result.status == ("holds" if shift < 0 else "violated")
+        if result.status == "violated":
+            assert box.contains(result.x) and prop.violated_by(net.forward(result.x))
+        weights.append(result.stats["last_layer_weight"])
+    if seed == 0:
+        assert relu_bab.LAST_LAYER_WEIGHT in weights  # the factor was on in at least one of the searches
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_tuning_some_rows_keeps_the_others_warm_starts(seed):
     """`bound(tuned=...)`: the tuned rows' alpha and beta move and their bounds reach at least the untuned pass; the
@@ -227,8 +294,9 @@ def test_tuning_some_rows_keeps_the_others_warm_starts(seed):
 @given(seed=st.integers(0, 10**6), width=st.integers(3, 5), gap=st.floats(-0.4, 0.4), tuned_rows=st.integers(1, 3))
 def test_conjunctions_whose_proving_row_changes_between_domains(seed, width, gap, tuned_rows):
     """The conjunction ``c f <= m - h and c f >= m + h`` (m: the middle of c f's range, h: gap times half its width)
-    and a row that never helps: with gap > 0 no input meets it, but a domain is ruled out by one row or the other depending on where c f
-    lies in it, so the row that proves changes between domains; with gap < 0 the inputs where c f is near m meet it.
+    and a row that never helps: with gap > 0 no input meets it, but a domain is ruled out by one row or the other
+    depending on where c f lies in it, so the row that proves changes between domains; with gap < 0 the inputs where
+    c f is near m meet it.
     With only `tuned_rows` rows optimized per domain, the search reaches that verdict or stays undecided."""
     rng, net, box = setup(seed, [3, width, width, 3])
     c = rng.normal(size=3)
