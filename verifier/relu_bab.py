@@ -199,8 +199,12 @@ class _Problem:
         (over NARROWING_SAMPLES unstable entries at least), else 1. A split before the last ReLU layer pays by its
         own relaxation (its score) and by the later layers' bounds it tightens; where the latter is small the scores
         of the layers before overrate their splits (measured: docs/search.md)."""
-        total, count = self.narrowing
-        return LAST_LAYER_WEIGHT if count >= NARROWING_SAMPLES and total / count < RETIGHTEN_PAYS else 1.0
+        enough = self.narrowing[1] >= NARROWING_SAMPLES
+        return LAST_LAYER_WEIGHT if enough and self.mean_narrowing() < RETIGHTEN_PAYS else 1.0
+
+    def mean_narrowing(self) -> float:
+        """The mean of self.narrowing over the entries counted (0 before any)."""
+        return self.narrowing[0] / max(self.narrowing[1], 1)
 
     def decide_region(self, network: Network, used: tuple, disjunct: int, deadline: float
                       ) -> tuple[bool, np.ndarray | None]:
@@ -383,7 +387,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             lower = lower.scatter_reduce(0, pool[2], pool[0].double(), "amin")
             lower[still] = -torch.inf  # a stuck domain left undecided: no bound
         stats["seconds"] = round(time.perf_counter() - start, 4)
-        stats["last_layer_narrowing"] = round(problem.narrowing[0] / max(problem.narrowing[1], 1), 4)
+        stats["last_layer_narrowing"] = round(problem.mean_narrowing(), 4)
         stats["last_layer_weight"] = problem.last_layer_weight()
         return SearchResult(status, x, still, stats, lower)
 
