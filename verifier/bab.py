@@ -27,7 +27,7 @@ import torch
 from .bounds import symbolic
 from .bounds.base import PROOF_MARGIN, proves
 from .bounds.interval import by_node
-from .pool import lowest_key, merge_pool, pop_batch
+from .pool import Pool
 from .relu_bab import search
 from .network import Network
 from .objective_rows import ObjectiveRows, check_candidates
@@ -145,7 +145,7 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     root_width = torch.tensor(box.hi - box.lo).clamp(min=1e-300)
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "unresolved": 0}
     lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
-    tried, pool, batch = 0, None, 16
+    tried, pool, batch = 0, Pool(limit=max_pool + 2 * max_batch), 16
     ids, next_id = torch.zeros(1, dtype=torch.long), 1
 
     def finish(status: str, x: np.ndarray | None = None) -> BabResult:
@@ -179,17 +179,17 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
             tried += checked
             if x is not None:
                 return finish(VIOLATED, x)
-            pool = merge_pool(pool, key[open_], lo[open_], hi[open_], score[open_], ids[open_])
-            stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
+            pool.append(key[open_], lo[open_], hi[open_], score[open_], ids[open_])
+            stats["max_pool"] = max(stats["max_pool"], len(pool))
             if progress is not None:
-                progress("input split", stats["domains"], len(pool[0]), lowest_key(pool))
-            if len(pool[0]) == 0:
+                progress("input split", stats["domains"], len(pool), pool.lowest())
+            if len(pool) == 0:
                 return finish(UNKNOWN if stats["unresolved"] else HOLDS)
             if time.perf_counter() > deadline:
                 return finish(TIMEOUT)
-            if len(pool[0]) > max_pool:
+            if len(pool) > max_pool:
                 return finish(UNKNOWN)
-            (lo, hi, score, ids), pool = pop_batch(pool, batch)
+            lo, hi, score, ids = pool.pop(batch)
             # bisect along the best-scoring dimension (widest relative one when no score says anything)
             width = hi - lo
             gain = score * width

@@ -62,7 +62,7 @@ from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
 from .bounds.interval import relu_inputs
 from .network import Network
-from .pool import lowest_key, merge_pool, pop_batch
+from .pool import Pool
 from .spec import InputBox
 
 Tensor = torch.Tensor
@@ -71,6 +71,7 @@ DEPTH_FIRST_SHARE = 0.5  # a pool fuller than this share of its cap is searched 
 STEPS, ROOT_STEPS = 16, 30  # Adam steps per round; at the root
 EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STEP_SECONDS = 0.5  # target duration of a round: the batch of domains doubles / halves around it
+STOP_SHARE = 8  # a round's Adam steps drop the domains its tuned rows prove once they are 1/8 of it (0: never)
 TUNED_ROWS = 2  # rows of a conjunction whose alpha and beta a domain's steps optimize: its parent's best (`bound`)
 RETIGHTEN_LAYERS = 1  # ReLU layers after a domain's newest split whose inputs are bounded again (see relaxations)
 LAST_LAYER_WEIGHT = 10.0  # factor of the last ReLU layer's branching scores once re-tightening its inputs is seen
@@ -293,7 +294,8 @@ class _Problem:
         and the returned bounds come from float64 passes, whatever self.dtype the steps took. tuned (B, R): the
         rows whose alpha and beta the steps optimize (default all); the others keep their warm starts, and every row
         gets the final pass: only one row of a conjunction need prove a domain, and the parent's best rows are the
-        likeliest."""
+        likeliest. A domain whose tuned rows prove it stops stepping (its best iterate kept), once such domains are
+        1/STOP_SHARE of those stepping: the others' steps run on a smaller batch (measured: docs/search.md)."""
         with torch.no_grad():
             relax, sign, empty, used = self.relaxations(splits, inherited, newest)
         C, d = self.C[disjunct], self.d[disjunct]
@@ -303,27 +305,43 @@ class _Problem:
             {r: x.to(self.dtype) for r, x in relax.items()}, {r: x.to(self.dtype) for r, x in sign.items()},
             C[pick].to(self.dtype), d[pick].to(self.dtype))
         a, b = alpha[pick].clone(), beta[pick].clone()
-        best, a_best, b_best = None, a.clone(), b.clone()
+        tuned_a, tuned_b = a.clone(), b.clone()  # each domain's best iterate, written when its steps stop
+        stepping = torch.arange(C.shape[0])  # the domains still stepping: not yet proved by a tuned row
+        best, a_best, b_best = torch.full(a.shape[:2], -torch.inf, dtype=a.dtype), a.clone(), b.clone()
         leaves = [a.requires_grad_(), b.requires_grad_()]
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
         for step in range(1, steps + 1):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            lower = self._pass(*fast, a, b)
+            lower = self._pass(*fast, *leaves)
             with torch.no_grad():
-                better = lower > best if best is not None else torch.ones_like(lower, dtype=torch.bool)
-                best = lower.detach() if best is None else torch.where(better, lower, best)
-                a_best = torch.where(better.unsqueeze(-1), a.detach(), a_best)
-                b_best = torch.where(better.unsqueeze(-1), b.detach(), b_best)
+                better = lower > best
+                best = torch.where(better, lower, best)
+                a_best = torch.where(better.unsqueeze(-1), leaves[0], a_best)
+                b_best = torch.where(better.unsqueeze(-1), leaves[1], b_best)
+            if step == steps:
+                break
             objective = torch.where(torch.isfinite(lower), lower, torch.zeros_like(lower)).sum()
             grads = torch.autograd.grad(objective, leaves)
             with torch.no_grad():
                 adam_step(leaves[:1], grads[:1], moments[:1], step, lr)
                 adam_step(leaves[1:], grads[1:], moments[1:], step, lr, upper=None)
+                proved = best.amax(1) > PROOF_MARGIN
+            if proved.any() and int(proved.sum()) * STOP_SHARE >= len(stepping):  # their steps stop; the others go on
+                keep = ~proved
+                tuned_a[stepping[proved]], tuned_b[stepping[proved]] = a_best[proved], b_best[proved]
+                stepping, best, a_best, b_best = stepping[keep], best[keep], a_best[keep], b_best[keep]
+                if not len(stepping):
+                    break
+                fast = ({r: x.select(keep) for r, x in fast[0].items()}, {r: x[keep] for r, x in fast[1].items()},
+                        fast[2][keep], fast[3][keep])
+                leaves = [p.detach()[keep].requires_grad_() for p in leaves]
+                moments = [(m[keep], v[keep]) for m, v in moments]
         record: dict = {}
         with torch.no_grad():  # rows are independent in the pass: the best slopes of each row reproduce its best
+            tuned_a[stepping], tuned_b[stepping] = a_best, b_best
             best_a, best_b = alpha.clone(), beta.clone()
-            best_a[pick], best_b[pick] = a_best, b_best
+            best_a[pick], best_b[pick] = tuned_a, tuned_b
             lower = self._pass(relax, sign, C, d, best_a.double(), best_b.double(), record)
         lower = torch.where(empty.unsqueeze(1), torch.full_like(lower, torch.inf), lower)  # no input: holds
         return lower, best_a, best_b, record, relax, used
@@ -376,13 +394,13 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     beta = torch.zeros(len(disjunct), M, N, dtype=dtype)
     inherited, newest, tuned = None, None, None  # the parents' bounds of the splittable neurons; layer of the newest
     # split; rows the steps optimize (`_Problem.bound`; all of them at the root, and whenever M <= tuned_rows)
-    pool, n_steps, batch = None, root_steps, 8
+    pool, n_steps, batch = Pool(limit=max_pool + 2 * max_batch), root_steps, 8
     if closed is not None:
         closed.append({"cols": [problem.cols[r] for r in problem.relus]})
 
     def finish(status: str, x=None, pool: tuple | None = None) -> SearchResult:
         lower = torch.full((rows.K,), -torch.inf, dtype=torch.float64)
-        if pool is not None:  # every open domain is in the pool: a disjunct's bound is its lowest key there
+        if pool is not None:  # pool.tensors: every open domain; a disjunct's bound is its lowest key there
             lower[torch.ones(rows.K, dtype=torch.bool) if only is None else only] = PROOF_MARGIN
             lower = lower.scatter_reduce(0, pool[2], pool[0].double(), "amin")
             lower[still] = -torch.inf  # a stuck domain left undecided: no bound
@@ -443,24 +461,24 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             open_[j] = False
             stats["stuck"] += 1
         choice = problem.branch(splits, disjunct, alpha, beta, relax, score, top_k)
-        pool = merge_pool(pool, key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
+        pool.append(key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
                           beta[open_].float(), choice[open_], used[0][open_], used[1][open_],
                           lower[open_].topk(R, dim=1).indices)
         if refute is not None:
-            pool = tuple(t[~still[pool[2]]] for t in pool)
-        stats["max_pool"] = max(stats["max_pool"], len(pool[0]))
+            pool.keep(~still[pool.tensors[2]])
+        stats["max_pool"] = max(stats["max_pool"], len(pool))
         if progress is not None:
-            progress(stats["domains"], len(pool[0]), lowest_key(pool))
-        if len(pool[0]) == 0:
-            return finish("open" if still.any() else "holds", pool=pool)
-        if time.perf_counter() > deadline or len(pool[0]) > max_pool:
-            result = finish("open", pool=pool)
-            still[pool[2]] = True
+            progress(stats["domains"], len(pool), pool.lowest())
+        if len(pool) == 0:
+            return finish("open" if still.any() else "holds", pool=pool.tensors)
+        if time.perf_counter() > deadline or len(pool) > max_pool:
+            result = finish("open", pool=pool.tensors)
+            still[pool.tensors[2]] = True
             return result
-        deep = len(pool[0]) > DEPTH_FIRST_SHARE * max_pool  # memory short: the deepest first, not past the cap
+        deep = len(pool) > DEPTH_FIRST_SHARE * max_pool  # memory short: the deepest first, not past the cap
         stats["depth_first"] += deep
-        (splits, disjunct, alpha, beta, choice, low, up, tuned), pool = pop_batch(
-            pool, max(1, min(batch, max_pool - len(pool[0]))), fair, depth=(pool[1] != 0).sum(1) if deep else None)
+        splits, disjunct, alpha, beta, choice, low, up, tuned = pool.pop(
+            max(1, min(batch, max_pool - len(pool))), fair, depth=(pool.tensors[1] != 0).sum(1) if deep else None)
         n = splits.shape[0]
         splits = splits.repeat(2, 1)
         splits[torch.arange(n), choice] = 1

@@ -14,7 +14,6 @@ from scipy.optimize import linprog
 
 from graph_models import TINY_KINDS, assert_relu_split_verdicts, random_graph_file, verdict_cases
 from verifier import bab, relu_bab
-from verifier.pool import pop_batch
 from verifier.objective_rows import ObjectiveRows
 from verifier.bounds import dual, milp
 from verifier.bounds.interval import relu_inputs
@@ -47,6 +46,16 @@ def domain_minimum(net: Network, box: InputBox, c: np.ndarray, phases: dict) -> 
         if res.status == 0:
             best = min(best, float(res.fun + c @ m))
     return best
+
+
+def phases_of(net: Network, problem: relu_bab._Problem, splits: torch.Tensor) -> dict:
+    """The split phases {(layer, neuron): +1 / -1} (`domain_minimum`'s) of one domain's splits (N,)."""
+    phases = {}
+    for r, layer in zip(problem.relus, [i for i, relu in enumerate(net.relu_after) if relu]):
+        for j, col in enumerate(problem.cols[r].tolist()):
+            if int(splits[problem.slices[r]][j]):
+                phases[(layer, col)] = int(splits[problem.slices[r]][j])
+    return phases
 
 
 def setup(seed: int, sizes: list[int], radius: float = 0.6):
@@ -90,14 +99,8 @@ def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits,
     beta = torch.tensor(rng.uniform(0, 2, size=(B, 1, problem.n_split)))  # any beta >= 0 is sound
     lower, *_ = problem.bound(splits, disjunct, alpha, beta, steps=15)
     assert lower.dtype == torch.float64
-    relu_layers = [i for i, r in enumerate(net.relu_after) if r]
     for b in range(B):
-        phases = {}
-        for r, layer in zip(problem.relus, relu_layers):
-            for j, col in enumerate(problem.cols[r].tolist()):
-                side = int(splits[b, problem.slices[r]][j])
-                if side:
-                    phases[(layer, col)] = side
+        phases = phases_of(net, problem, splits[b])
         k = int(disjunct[b])
         exact = domain_minimum(net, box, rows.C[k].numpy(), phases) + float(rows.d[k])
         assert float(lower[b, 0]) <= exact + 1e-7, (b, phases)
@@ -126,11 +129,7 @@ def test_inherited_bounds_and_the_lp_of_a_linear_region(seed, width, first):
     zero = torch.zeros(1, 1, problem.n_split, dtype=torch.float64)
     lower, *_, kept = problem.bound(child, torch.zeros(1, dtype=torch.long), alpha, zero, steps=10,
                                     inherited=used, newest=newest)
-    phases = {}
-    for r, layer in zip(problem.relus, [i for i, relu in enumerate(net.relu_after) if relu]):
-        for j, col in enumerate(problem.cols[r].tolist()):
-            phases[(layer, col)] = int(child[0, problem.slices[r]][j])
-    exact = domain_minimum(net, box, C[0], phases)
+    exact = domain_minimum(net, box, C[0], phases_of(net, problem, child[0]))
     assert float(lower[0, 0]) <= exact + 1e-7
     if np.isfinite(exact) and float(lower[0, 0]) < np.inf and abs(exact) > 1e-5:  # (not shown empty, no tie)
         proved, x = problem.decide_region(net, tuple(x[0] for x in kept), 0, time.perf_counter() + 30)
@@ -266,8 +265,9 @@ def test_weighting_the_last_layer_changes_the_order_not_the_verdict(seed, monkey
 
 @pytest.mark.parametrize("seed", range(4))
 def test_tuning_some_rows_keeps_the_others_warm_starts(seed):
-    """`bound(tuned=...)`: the tuned rows' alpha and beta move and their bounds reach at least the untuned pass; the
-    other rows come back with their warm starts and the untuned pass's bounds; every row stays below its minimum."""
+    """`bound(tuned=...)`: the tuned rows' alpha and beta move (in a domain they do not prove at once) and their bounds
+    reach at least the untuned pass; the other rows come back with their warm starts and the untuned pass's bounds;
+    every row stays below its minimum."""
     rng, net, box = setup(seed, [3, 5, 5, 3])
     C = rng.normal(size=(3, 3))
     rows = ObjectiveRows.of(Property(((C, np.zeros(3)),)), 3)  # one conjunction of three rows
@@ -286,8 +286,47 @@ def test_tuning_some_rows_keeps_the_others_warm_starts(seed):
         assert torch.allclose(lower[domain, others], plain[domain, others], rtol=0, atol=1e-12)
         assert float(lower[domain, row]) >= float(plain[domain, row]) - 1e-12
     assert bool((lower <= torch.tensor(brute_min(net, box, C)) + 1e-7).all())
-    if problem.n_split:  # the tuned slopes moved
-        assert not torch.equal(a[0, 1], alpha[0, 1]) or not torch.equal(a[1, 2], alpha[1, 2])
+    for domain, row in enumerate(tuned[:, 0].tolist()):
+        if float(plain[domain, row]) > 1e-6:  # proved at once: its steps stop, its warm starts come back
+            assert torch.equal(a[domain], alpha[domain]) and torch.equal(b[domain], beta[domain])
+        elif float(lower[domain, row]) > float(plain[domain, row]) + 1e-9:  # risen: by moving its own row
+            assert not torch.equal(a[domain, row], alpha[domain, row]) or not torch.equal(b[domain, row],
+                                                                                        beta[domain, row])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_proved_domains_stop_stepping_without_changing_the_others(seed, monkeypatch):
+    """Domains of a batch that a split already proves stop their Adam steps (`STOP_SHARE`): the other domains' bounds
+    and slopes come out as when every domain steps to the end (up to rounding); the proved ones stay proved. (That
+    every bound stays below the domain's minimum: `test_beta_bounds_stay_below_the_domain_minimum`.)"""
+    rng, net, box = setup(seed, [3, 8, 8, 2])
+    C = rng.normal(size=(2, 2))
+
+    def problem_for(d: np.ndarray) -> relu_bab._Problem:
+        return relu_bab._Problem(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None],
+                                 ObjectiveRows.of(Property(((C, d),)), 2), root_of(net, box, C, d))
+
+    problem = problem_for(np.zeros(2))
+    N = problem.n_split
+    if N < 2:
+        pytest.skip("fewer than two unstable neurons")
+    phases = torch.tensor(list(itertools.product([-1, 0, 1], repeat=2)), dtype=torch.int8)
+    splits = torch.zeros(len(phases), N, dtype=torch.int8)
+    splits[:, rng.choice(N, 2, replace=False)] = phases
+    disjunct = torch.zeros(len(splits), dtype=torch.long)
+    alpha = problem.start_alpha().expand(len(splits), 2, -1).clone()
+    beta = torch.zeros(len(splits), 2, N, dtype=torch.float64)
+    keys = problem.bound(splits, disjunct, alpha, beta, steps=0)[0].amax(1)
+    problem = problem_for(float(keys.median()) * np.ones(2))  # rows C y - d: the first pass proves about half
+    plain = problem.bound(splits, disjunct, alpha, beta, steps=0)[0]
+    stopping = problem.bound(splits, disjunct, alpha, beta, steps=5)
+    monkeypatch.setattr(relu_bab, "STOP_SHARE", 0)  # every domain steps to the end
+    full = problem.bound(splits, disjunct, alpha, beta, steps=5)
+    early = plain.amax(1) > relu_bab.PROOF_MARGIN
+    stepped = ~early & (stopping[0].amax(1) <= 1e-6)
+    assert torch.allclose(stopping[0][stepped], full[0][stepped], atol=1e-9, rtol=0)
+    assert torch.allclose(stopping[1][stepped], full[1][stepped], atol=1e-9, rtol=0)
+    assert bool((stopping[0].amax(1)[early] > relu_bab.PROOF_MARGIN).all())
 
 
 @settings(max_examples=25, deadline=None)
@@ -382,28 +421,6 @@ def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, tmp
         random_network([3, 10, 3], np.random.default_rng(seed))
     stats = assert_relu_split_verdicts(net, seed + 20)
     assert any("milp_slot" in one for one in stats)  # the path ran
-
-
-def test_fair_popping_takes_every_disjunct_in_turn():
-    """pop_batch(fair): the lowest domain of each disjunct before any disjunct's second, lowest keys first within
-    a rank; without fair, the lowest keys whatever their disjunct. The rest of the pool keeps every other domain."""
-    key = torch.tensor([-5.0, -4.0, -3.0, -0.1, -0.2, -9.0])
-    disjunct = torch.tensor([0, 0, 0, 1, 2, 0])
-    ids = torch.arange(6)
-    (taken_ids, _), rest = pop_batch((key, ids, disjunct), 4, fair=True)
-    assert taken_ids.tolist() == [5, 4, 3, 0] and sorted(rest[1].tolist()) == [1, 2]
-    (taken_ids, _), rest = pop_batch((key, ids, disjunct), 4)
-    assert sorted(taken_ids.tolist()) == [0, 1, 2, 5] and sorted(rest[1].tolist()) == [3, 4]
-
-
-def test_depth_first_popping_takes_the_deepest_domains():
-    """pop_batch(depth=...): the deepest domains first, the lowest key first among equally deep ones; fair is
-    ignored then (memory first)."""
-    key = torch.tensor([-5.0, -4.0, -3.0, -0.1, -0.2, -9.0])
-    depth = torch.tensor([1, 3, 3, 2, 3, 0])
-    ids = torch.arange(6)
-    (taken_ids, _), rest = pop_batch((key, ids, torch.zeros(6, dtype=torch.long)), 4, fair=True, depth=depth)
-    assert taken_ids.tolist() == [1, 2, 4, 3] and sorted(rest[1].tolist()) == [0, 5]
 
 
 def test_a_pool_near_its_memory_cap_is_searched_depth_first(monkeypatch):

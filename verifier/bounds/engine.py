@@ -28,6 +28,7 @@ re-derivation (dual.backward_bound), certified training (dual.batched_bounds) an
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,10 @@ class Relaxation:
         """The same relaxation with its slopes and offsets in dtype (the mask stays bool)."""
         return Relaxation(self.unstable, self.stable_slope.to(dtype), self.rule_slope.to(dtype),
                           self.upper_slope.to(dtype), self.upper_offset.to(dtype))
+
+    def select(self, index: Tensor) -> "Relaxation":
+        """The relaxations of the boxes `index` (the tensors taken along their first dimension)."""
+        return Relaxation(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
     def lower_slope(self, alpha: Tensor | None) -> Tensor:
         """The rule's lower slopes, or alpha (clipped to [0, 1]) on the unstable neurons."""
