@@ -327,7 +327,7 @@ class _Problem:
                 adam_step(leaves[:1], grads[:1], moments[:1], step, lr)
                 adam_step(leaves[1:], grads[1:], moments[1:], step, lr, upper=None)
                 proved = best.amax(1) > PROOF_MARGIN
-            if proved.any() and int(proved.sum()) * STOP_SHARE >= len(stepping):  # their steps stop; the others go on
+            if int(proved.sum()) * STOP_SHARE >= len(stepping):  # these stop (none proved: never); the others go on
                 keep = ~proved
                 tuned_a[stepping[proved]], tuned_b[stepping[proved]] = a_best[proved], b_best[proved]
                 stepping, best, a_best, b_best = stepping[keep], best[keep], a_best[keep], b_best[keep]
@@ -398,11 +398,12 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     if closed is not None:
         closed.append({"cols": [problem.cols[r] for r in problem.relus]})
 
-    def finish(status: str, x=None, pool: tuple | None = None) -> SearchResult:
+    def finish(status: str, x=None, pool: Pool | None = None) -> SearchResult:
         lower = torch.full((rows.K,), -torch.inf, dtype=torch.float64)
-        if pool is not None:  # pool.tensors: every open domain; a disjunct's bound is its lowest key there
+        if pool is not None:  # every open domain is in the pool: a disjunct's bound is its lowest key there
+            key, _, of = pool.tensors[:3]
             lower[torch.ones(rows.K, dtype=torch.bool) if only is None else only] = PROOF_MARGIN
-            lower = lower.scatter_reduce(0, pool[2], pool[0].double(), "amin")
+            lower = lower.scatter_reduce(0, of, key.double(), "amin")
             lower[still] = -torch.inf  # a stuck domain left undecided: no bound
         stats["seconds"] = round(time.perf_counter() - start, 4)
         stats["last_layer_narrowing"] = round(problem.mean_narrowing(), 4)
@@ -461,18 +462,17 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             open_[j] = False
             stats["stuck"] += 1
         choice = problem.branch(splits, disjunct, alpha, beta, relax, score, top_k)
-        pool.append(key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(),
-                          beta[open_].float(), choice[open_], used[0][open_], used[1][open_],
-                          lower[open_].topk(R, dim=1).indices)
+        pool.append(key[open_].double(), splits[open_], disjunct[open_], alpha[open_].float(), beta[open_].float(),
+                    choice[open_], used[0][open_], used[1][open_], lower[open_].topk(R, dim=1).indices)
         if refute is not None:
             pool.keep(~still[pool.tensors[2]])
         stats["max_pool"] = max(stats["max_pool"], len(pool))
         if progress is not None:
             progress(stats["domains"], len(pool), pool.lowest())
         if len(pool) == 0:
-            return finish("open" if still.any() else "holds", pool=pool.tensors)
+            return finish("open" if still.any() else "holds", pool=pool)
         if time.perf_counter() > deadline or len(pool) > max_pool:
-            result = finish("open", pool=pool.tensors)
+            result = finish("open", pool=pool)
             still[pool.tensors[2]] = True
             return result
         deep = len(pool) > DEPTH_FIRST_SHARE * max_pool  # memory short: the deepest first, not past the cap

@@ -8,8 +8,8 @@ import torch
 from verifier.pool import Pool
 
 
-def pool_of(*tensors: torch.Tensor, limit: int | None = None) -> Pool:
-    pool = Pool(limit)
+def pool_of(*tensors: torch.Tensor) -> Pool:
+    pool = Pool()
     pool.append(*tensors)
     return pool
 
