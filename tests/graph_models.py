@@ -205,9 +205,11 @@ def verdict_cases(net: Network, seed: int) -> tuple:
     return box, C, exact, list(zip(cases, ("holds", "violated", "holds", "violated", "holds")))
 
 
-def assert_relu_split_verdicts(net: Network, seed: int) -> list[dict]:
-    """bab.relu_split on `verdict_cases` (net, seed) and an exact tie: asserts the enumeration's verdicts (a tie is
-    never "holds"; a violation's point is checked) and returns every run's stats."""
+def assert_relu_split_verdicts(net: Network, seed: int, device: str = "cpu", around=None) -> list[dict]:
+    """bab.relu_split on `verdict_cases` (net, seed) and an exact tie, on `device`, each run inside the context
+    around() when given: asserts the enumeration's verdicts (a tie is never "holds"; a violation's point is
+    checked) and returns every run's stats."""
+    import contextlib
     import time
 
     from verifier import bab
@@ -217,7 +219,8 @@ def assert_relu_split_verdicts(net: Network, seed: int) -> list[dict]:
     stats = []
     for prop, expected in cases + [(Property(((C[:1], exact[:1]),)), None)]:
         confirm = lambda x, prop=prop: box.contains(x) and bool(prop.violated_by(net.forward(x)))
-        result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 20, confirm=confirm)
+        with around() if around is not None else contextlib.nullcontext():
+            result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 20, confirm=confirm, device=device)
         # a tie (the threshold met at a point): never "holds"; "violated" when the search meets that point
         assert (result.status == expected) if expected else result.status != "holds", (expected, result)
         assert result.status != "violated" or confirm(result.x)

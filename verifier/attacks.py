@@ -133,16 +133,16 @@ def _pgd_core(forward: _Forward, lo: torch.Tensor, hi: torch.Tensor, objective: 
     rad = None if radius is None else radius[:, None].expand(shape[:2])
     project = lambda p: norms.project(p, lo_r, hi_r, center, rad, norm)
     if norm == "linf":
-        u = torch.rand(shape, generator=generator, dtype=lo.dtype).to(lo.device)
+        u = torch.rand(shape, generator=generator, dtype=lo.dtype, device=generator.device).to(lo.device)
         x = lo_r + u * (hi_r - lo_r)
     else:  # uniform points of the ball (then projected into the box)
         x = center + rad[..., None] * norms.random_in_ball(shape, norm, generator, lo.dtype, lo.device)
     x[:, 0] = start
     x = project(x)
     scale = (hi_r - lo_r) / 2 if norm == "linf" else rad[..., None]
-    scales = torch.tensor((0.0,) + LEAK_SCALES, dtype=lo.dtype)
-    index = torch.arange(restarts)
-    leaks = (leak * scales[torch.where(index == 0, 0, 1 + (index - 1) % len(LEAK_SCALES))]).to(lo.device)
+    scales = torch.tensor((0.0,) + LEAK_SCALES, dtype=lo.dtype, device=lo.device)
+    index = torch.arange(restarts, device=lo.device)
+    leaks = leak * scales[torch.where(index == 0, 0, 1 + (index - 1) % len(LEAK_SCALES))]
     leaks = leaks[None, :, None]
     best_x, best_v = x.detach().clone(), torch.full(shape[:2], torch.inf, dtype=lo.dtype, device=lo.device)
     taken = 0

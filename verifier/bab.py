@@ -215,8 +215,8 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
 def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int] | None = None, *,
                deadline: float, confirm: Callable[[np.ndarray], bool], layer_bounds: list | None = None,
                side_attack: Callable[[float], np.ndarray | None] | None = None,
-               milp_after: float = MILP_AFTER, trace: dict | None = None, progress: Progress | None = None
-               ) -> BabResult:
+               milp_after: float = MILP_AFTER, trace: dict | None = None, progress: Progress | None = None,
+               device="cpu") -> BabResult:
     """Exact search over the ReLUs' phases for the disjuncts `open_` (default all) until deadline.
 
     1. Batched branch and bound on ReLU splits with optimized alpha and beta (relu_bab.py), from the root's layer
@@ -239,7 +239,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     Candidate counterexamples (corners minimizing the domains' linear bounds, side_attack's points, the MILP's
     best points) go to `confirm`. trace: a dict that gets "open" (open_), "closed" (relu_bab.search's) and "milp"
     (the disjuncts the MILP ruled out), for certificates. progress: see `Progress` (phases "ReLU split", "refining
-    layer bounds", "ReLU split, refined root", "MILP").
+    layer bounds", "ReLU split, refined root", "MILP"). device: where the searches, the refinement and the default
+    root bounds run (torch device; candidates are checked, and the MILP solved, on the CPU).
     """
     from .bounds import dual
 
@@ -249,7 +250,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     C = np.vstack([prop.objective_rows(k)[0] for k in open_])
     d = np.concatenate([prop.objective_rows(k)[1] for k in open_])
     if layer_bounds is None:
-        layer_bounds = dual.bound(network, box, C, d, slopes="opt").layer_bounds
+        layer_bounds = dual.bound(network, box, C, d, slopes="opt", device=device).layer_bounds
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
     rows = ObjectiveRows.of(sub, network.n_outputs)
     root = by_node(network, layer_bounds)
@@ -258,7 +259,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     splittable, one_layer = sum(unstable), sum(n > 0 for n in unstable) == 1
     use_milp = splittable <= MILP_MAX_SPLITTABLE or (one_layer and splittable <= MILP_ONE_LAYER_MAX)
     phase1_end = start + milp_after * (deadline - start) if use_milp else deadline
-    lo, hi = torch.tensor(box.lo).unsqueeze(0), torch.tensor(box.hi).unsqueeze(0)
+    lo, hi = (torch.tensor(x, dtype=torch.float64, device=device).unsqueeze(0) for x in (box.lo, box.hi))
     if trace is not None:
         trace.update(open=open_, closed=[], milp=[])
     refine = use_milp and not one_layer and trace is None and \
@@ -273,7 +274,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
 
     def run(root: dict, until: float, only: torch.Tensor | None = None, phase: str = "ReLU split"):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,
-                      check=lambda points: check_candidates(network, rows, points, confirm)[0],
+                      check=lambda points: check_candidates(network, rows, points.cpu(), confirm)[0],
                       closed=None if trace is None else trace["closed"], only=only, progress=report(phase))
 
     result = run(root, first_end)
@@ -295,7 +296,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
             layer_bounds, stats["refine"] = refine_layer_bounds(network, box, layer_bounds,
                                                                 deadline=now + REFINE_SHARE * (deadline - now),
                                                                 objective=(C, d),
-                                                                progress=report("refining layer bounds"))
+                                                                progress=report("refining layer bounds"),
+                                                                device=device)
             root = by_node(network, layer_bounds)
         if trace is not None:
             trace["closed"].clear()  # with a certificate, the search below covers every disjunct again

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_argument("--intermediate", choices=["dual", "lp"], default="dual",
                       help="layer bounds for lp/milp: from the dual pass or by LPs per layer (default dual)")
     opts.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit per sample, s (default 60)")
-    opts.add_argument("--device", default="cpu", help="torch device for the dual pass and attacks of --eps and "
-                      "--smoothing runs (default cpu; --vnnlib and --instances run on the CPU)")
+    opts.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1) of the dual pass, the "
+                      "attacks, smoothing and the ReLU-split search (default cpu; input splitting, the MILP and "
+                      "the onnxruntime checks run on the CPU)")
     opts.add_argument("--seed", type=int, default=0, help="seed of the attacks (default 0)")
     smooth = p.add_argument_group("randomized smoothing (certified L2 radii)")
     smooth.add_argument("--smoothing", type=float, metavar="SIGMA",
@@ -108,12 +109,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def check_device(name: str) -> None:
+    """A one-line InputError unless torch can run on the device `name` (cpu, cuda, cuda:N)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a torch device (cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: only cpu and cuda devices are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+
+
 def run(args, parser) -> int:
     if args.norm is not None and (args.vnnlib is not None or args.instances is not None):
         raise InputError("--norm is for balls around samples (--eps); VNN-LIB properties are boxes")
-    if args.device != "cpu" and (args.vnnlib is not None or args.instances is not None):
-        raise InputError(f"--device {args.device} is for --eps and --smoothing runs: VNN-LIB properties are decided "
-                         "on the CPU")
+    check_device(args.device)
     if args.instances is not None:
         return run_instances(args)
     if args.model is None:
@@ -273,7 +288,7 @@ def run_vnnlib(args) -> int:
     network = load_onnx(args.model)
     start = time.perf_counter()
     verdict = verify_instance(network, args.vnnlib, args.timeout, seed=args.seed, certificate=args.certificate,
-                              progress=ProgressLines(start))
+                              progress=ProgressLines(start), device=args.device)
     seconds = time.perf_counter() - start
     cert = verdict.stats.get("certificate")
     if cert is not None and cert["written"]:
@@ -353,7 +368,7 @@ def run_instances(args) -> int:
         from .suite import run_suite
 
         _, summary = run_suite(args.instances, timeout_scale=args.timeout_scale, out=args.out, workers=args.workers,
-                               client=client, resume=args.resume, seed=args.seed)
+                               client=client, resume=args.resume, seed=args.seed, device=args.device)
     return 3 if summary["wrong"] else 130 if summary["interrupted"] else 4 if summary["error"] else 0
 
 

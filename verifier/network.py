@@ -289,7 +289,7 @@ class Network:
         x = np.asarray(x, dtype=np.float64)
         # one sample: a flat vector, or exactly the declared shape when that has extra axes ((1,1,1,5), not (1,n))
         single = x.size == self.n_inputs and (x.ndim <= 1 or (x.ndim > 2 and x.shape == self._input_shape))
-        h = torch.tensor(x.reshape(1 if single else x.shape[0], self.n_inputs))  # a copy: x may be read-only
+        h = torch.from_numpy(x.reshape(1 if single else x.shape[0], self.n_inputs).copy())  # x may be read-only
         with torch.no_grad():
             out = self.forward_torch(h).numpy()
         return out[0] if single else out

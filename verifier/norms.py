@@ -118,13 +118,13 @@ def random_in_ball(shape: tuple, norm: str, generator: torch.Generator, dtype, d
     """Uniform points (*shape) of the unit ball of the norm ("l2" | "l1"; n = shape[-1])."""
     n = shape[-1]
     if norm == "l2":
-        direction = torch.randn(shape, generator=generator, dtype=dtype)
+        direction = torch.randn(shape, generator=generator, dtype=dtype, device=generator.device)
         direction = direction / torch.linalg.vector_norm(direction, dim=-1, keepdim=True).clamp_min(1e-300)
     else:  # random signs times a flat Dirichlet: uniform on the L1 sphere
-        e = -torch.log(torch.rand(shape, generator=generator, dtype=dtype).clamp_min(1e-300))
-        signs = torch.rand(shape, generator=generator, dtype=dtype) < 0.5
+        e = -torch.log(torch.rand(shape, generator=generator, dtype=dtype, device=generator.device).clamp_min(1e-300))
+        signs = torch.rand(shape, generator=generator, dtype=dtype, device=generator.device) < 0.5
         direction = torch.where(signs, -e, e) / e.sum(-1, keepdim=True).clamp_min(1e-300)
-    length = torch.rand(shape[:-1], generator=generator, dtype=dtype) ** (1.0 / n)
+    length = torch.rand(shape[:-1], generator=generator, dtype=dtype, device=generator.device) ** (1.0 / n)
     return (direction * length[..., None]).to(device)
 
 

@@ -33,7 +33,8 @@ class ObjectiveRows:
         for k in range(K):
             C, d = prop.objective_rows(k)
             C_pad[k, :len(d)], d_pad[k, :len(d)] = C, d
-        return ObjectiveRows(torch.tensor(C_pad.reshape(K * M, n_outputs)), torch.tensor(d_pad.reshape(-1)), K, M)
+        C_flat, d_flat = torch.from_numpy(C_pad.reshape(K * M, n_outputs)), torch.from_numpy(d_pad.reshape(-1))
+        return ObjectiveRows(C_flat, d_flat, K, M)
 
     def disjunct_bounds(self, lower: torch.Tensor) -> torch.Tensor:
         """Per box and disjunct, the best row's lower bound minus PROOF_MARGIN (B, K): > 0 rules it out."""

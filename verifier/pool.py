@@ -5,7 +5,7 @@ is the likeliest to hold a counterexample), then whatever the search keeps per d
 The rows live in preallocated storage, grown by half its size when full (never past the pool's `limit` of rows
 unless an append needs it): appending writes only the new rows, and popping moves only as many rows as it takes (the
 holes it leaves are filled from the end), so a round costs in proportion to its batch, not to the pool (measured:
-docs/search.md, "Work in proportion to the batch").
+docs/search.md, "Work in proportion to the batch"). The storage lives where the appended tensors do (CPU or GPU).
 """
 from __future__ import annotations
 
@@ -71,12 +71,13 @@ class Pool:
             by_group = torch.argsort(group, stable=True)
             counts = torch.bincount(group)
             rank = torch.empty_like(order)
-            rank[by_group] = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[group[by_group]]
+            first = (torch.cumsum(counts, 0) - counts)[group[by_group]]
+            rank[by_group] = torch.arange(len(order), device=order.device) - first
             order = order[torch.argsort(rank, stable=True)]
         take = order[:batch]
         taken = tuple(t[take] for t in self.store[1:])
         left = self.size - len(take)
-        staying = torch.ones(self.size, dtype=torch.bool)
+        staying = torch.ones(self.size, dtype=torch.bool, device=key.device)
         staying[take] = False
         holes = take[take < left]  # rows taken below the new end, filled by the rows kept beyond it
         movers = left + staying[left:].nonzero().flatten()

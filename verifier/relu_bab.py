@@ -102,14 +102,15 @@ class _Problem:
 
     def __init__(self, network: Network, lo: Tensor, hi: Tensor, rows, root: dict,
                  dtype: torch.dtype = torch.float64, retighten: bool = True) -> None:
-        self.network = network.to(dtype=torch.float64)
-        self.fast = self.network if dtype == torch.float64 else network.to(dtype=dtype)
+        self.device = device = lo.device
+        self.network = network.to(device, torch.float64)
+        self.fast = self.network if dtype == torch.float64 else network.to(device, dtype)
         self.dtype, self.retighten = dtype, retighten
         self.centre, self.radius = ((lo + hi) / 2).double(), ((hi - lo) / 2).double()
-        self.box = InputBox(lo[0].double().numpy(), hi[0].double().numpy())
+        self.box = InputBox(lo[0].double().cpu().numpy(), hi[0].double().cpu().numpy())
         self.relus = list(network.relu_nodes)
         self.shapes = {r: network.nodes[r].op.out_shape for r in self.relus}
-        self.root = {r: tuple(x.reshape(1, -1).double() for x in root[network.nodes[r].inputs[0]])
+        self.root = {r: tuple(x.reshape(1, -1).to(device, torch.float64) for x in root[network.nodes[r].inputs[0]])
                      for r in self.relus}
         self.cols, self.slices, start = {}, {}, 0
         for r in self.relus:
@@ -120,10 +121,10 @@ class _Problem:
         self.n_split = start
         self.last_input = network.nodes[self.relus[-1]].inputs[0] if self.relus else None
         self.narrowing = [0.0, 0]  # re-tightenings of the last ReLU layer's inputs: sum of (1 - new / old width), count
-        self.layer_starts = torch.tensor([self.slices[r].start for r in self.relus])
+        self.layer_starts = torch.tensor([self.slices[r].start for r in self.relus], device=device)
         self.output_bounds = root.get(network.output)  # for the LP's layer bounds (the output node's entry)
-        self.C = rows.C.reshape(rows.K, rows.M, *network.output_shape).double()
-        self.d = rows.d.reshape(rows.K, rows.M).double()
+        self.C = rows.C.reshape(rows.K, rows.M, *network.output_shape).to(device, torch.float64)
+        self.d = rows.d.reshape(rows.K, rows.M).to(device, torch.float64)
 
     def layer_of(self, columns: Tensor) -> Tensor:
         """Position in self.relus of the ReLU node of each splittable column (n,) -> (n,)."""
@@ -160,7 +161,7 @@ class _Problem:
         bounds = dict(given)
         if self.retighten:  # per group of domains whose newest split is in the same layer
             lo, hi = self.centre - self.radius, self.centre + self.radius
-            layers = torch.full((B,), -1) if newest is None or inherited is None else newest
+            layers = torch.full((B,), -1, device=self.device) if newest is None or inherited is None else newest
             for last in layers.unique().tolist():
                 later = [self.network.nodes[r].inputs[0] for r in self.relus[last + 1:last + 1 + RETIGHTEN_LAYERS]]
                 if not later:
@@ -176,7 +177,7 @@ class _Problem:
                     if k == self.last_input:
                         self._count_narrowing(part[k], new[k])
         relax = {r: engine.relax(*bounds[self.network.nodes[r].inputs[0]], "adaptive") for r in self.relus}
-        empty = torch.zeros(B, dtype=torch.bool)
+        empty = torch.zeros(B, dtype=torch.bool, device=self.device)
         used_l, used_u = [], []
         for r in self.relus:
             l, u = (x.reshape(B, -1) for x in bounds[self.network.nodes[r].inputs[0]])
@@ -219,11 +220,12 @@ class _Problem:
         for r in self.relus:
             l, u = (x[0].double().clone() for x in self.root[r])
             l[self.cols[r]], u[self.cols[r]] = used[0][self.slices[r]].double(), used[1][self.slices[r]].double()
+            l, u = l.cpu(), u.cpu()
             layer_bounds.append((l.numpy(), u.numpy()))
         if self.output_bounds is not None and len(layer_bounds) < len(relu_inputs(network)):
-            layer_bounds.append(tuple(x.reshape(-1).double().numpy() for x in self.output_bounds))
-        C = self.C[disjunct].reshape(self.C.shape[1], -1).double().numpy()
-        d = self.d[disjunct].double().numpy()
+            layer_bounds.append(tuple(x.reshape(-1).double().cpu().numpy() for x in self.output_bounds))
+        C = self.C[disjunct].reshape(self.C.shape[1], -1).cpu().numpy()
+        d = self.d[disjunct].cpu().numpy()
         keep = np.isfinite(d)  # padding rows (d = -inf) impose nothing
         lower, _, x, status = milp.min_max(network, self.box, C[keep], d[keep], layer_bounds=layer_bounds,
                                            time_limit=max(deadline - time.perf_counter(), 0.0), decide=0.0)
@@ -248,13 +250,13 @@ class _Problem:
         candidate's phase fixed, have the largest minimum (filtered smart branching); top_k 1: the best score."""
         B, k = splits.shape[0], min(top_k, self.n_split)
         if k <= 1 or B == 0:
-            return score.argmax(1) if score.shape[1] else torch.zeros(B, dtype=torch.long)
+            return score.argmax(1) if score.shape[1] else torch.zeros(B, dtype=torch.long, device=self.device)
         top = score.topk(k, dim=1).indices  # (B, k)
-        parent = torch.arange(B).repeat_interleave(2 * k)
+        parent = torch.arange(B, device=self.device).repeat_interleave(2 * k)
         cand = top.repeat_interleave(2, dim=1).reshape(-1)  # (B * 2k,): each candidate twice, active then inactive
-        active = torch.arange(2 * B * k) % 2 == 0
+        active = torch.arange(2 * B * k, device=self.device) % 2 == 0
         children = splits[parent]
-        children[torch.arange(len(cand)), cand] = torch.where(active, 1, -1).to(children.dtype)
+        children[torch.arange(len(cand), device=self.device), cand] = torch.where(active, 1, -1).to(children.dtype)
         relaxations, sign = {}, {}
         for r in self.relus:
             fields = {f.name: getattr(relax[r], f.name)[parent].reshape(len(cand), -1).clone()
@@ -268,7 +270,7 @@ class _Problem:
             fields["upper_offset"][rows, col] = 0.0
             relaxations[r] = engine.Relaxation(**{n: t.reshape(len(cand), 1, *self.shapes[r])
                                                   for n, t in fields.items()})
-            s = torch.zeros(len(cand), int(np.prod(self.shapes[r])), dtype=torch.float64)
+            s = torch.zeros(len(cand), int(np.prod(self.shapes[r])), dtype=torch.float64, device=self.device)
             s[:, self.cols[r]] = children[:, self.slices[r]].double()
             sign[r] = s.reshape(len(cand), *self.shapes[r])
         with torch.no_grad():
@@ -276,7 +278,7 @@ class _Problem:
                                alpha[parent].double(), beta[parent].double())
         worst = lower.amax(1).reshape(B, k, 2).amin(2)  # a child is proved when one row of it is
         worst = torch.where(score.gather(1, top) > 0, worst, torch.full_like(worst, -torch.inf))
-        return top[torch.arange(B), worst.argmax(1)]
+        return top[torch.arange(B, device=self.device), worst.argmax(1)]
 
     def start_alpha(self) -> Tensor:
         """The root's adaptive lower slopes of the splittable neurons, (1, 1, N)."""
@@ -300,14 +302,14 @@ class _Problem:
             relax, sign, empty, used = self.relaxations(splits, inherited, newest)
         C, d = self.C[disjunct], self.d[disjunct]
         alpha, beta = alpha.to(self.dtype).expand(C.shape[0], -1, -1), beta.to(self.dtype)
-        pick = (slice(None),) if tuned is None else (torch.arange(C.shape[0]).unsqueeze(1), tuned)
+        pick = (slice(None),) if tuned is None else (torch.arange(C.shape[0], device=self.device).unsqueeze(1), tuned)
         fast = (relax, sign, C[pick], d[pick]) if self.dtype == torch.float64 else (
             {r: x.to(self.dtype) for r, x in relax.items()}, {r: x.to(self.dtype) for r, x in sign.items()},
             C[pick].to(self.dtype), d[pick].to(self.dtype))
         a, b = alpha[pick].clone(), beta[pick].clone()
         tuned_a, tuned_b = a.clone(), b.clone()  # each domain's best iterate, written when its steps stop
-        stepping = torch.arange(C.shape[0])  # the domains still stepping: not yet proved by a tuned row
-        best, a_best, b_best = torch.full(a.shape[:2], -torch.inf, dtype=a.dtype), a.clone(), b.clone()
+        stepping = torch.arange(C.shape[0], device=self.device)  # the domains still stepping: no tuned row proves them
+        best, a_best, b_best = a.new_full(a.shape[:2], -torch.inf), a.clone(), b.clone()
         leaves = [a.requires_grad_(), b.requires_grad_()]
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in leaves]
         for step in range(1, steps + 1):
@@ -387,22 +389,24 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     R = min(M, tuned_rows)
     max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 8 * R + 72)))
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0, "depth_first": 0}
-    still = torch.zeros(rows.K, dtype=torch.bool)
-    disjunct = torch.arange(rows.K) if only is None else only.nonzero().flatten()
-    splits = torch.zeros(len(disjunct), N, dtype=torch.int8)
+    device = problem.device
+    still = torch.zeros(rows.K, dtype=torch.bool, device=device)
+    disjunct = torch.arange(rows.K, device=device) if only is None else only.to(device).nonzero().flatten()
+    splits = torch.zeros(len(disjunct), N, dtype=torch.int8, device=device)
     alpha = problem.start_alpha().expand(len(disjunct), M, -1)
-    beta = torch.zeros(len(disjunct), M, N, dtype=dtype)
+    beta = torch.zeros(len(disjunct), M, N, dtype=dtype, device=device)
     inherited, newest, tuned = None, None, None  # the parents' bounds of the splittable neurons; layer of the newest
     # split; rows the steps optimize (`_Problem.bound`; all of them at the root, and whenever M <= tuned_rows)
     pool, n_steps, batch = Pool(limit=max_pool + 2 * max_batch), root_steps, 8
     if closed is not None:
-        closed.append({"cols": [problem.cols[r] for r in problem.relus]})
+        closed.append({"cols": [problem.cols[r].cpu() for r in problem.relus]})
 
     def finish(status: str, x=None, pool: Pool | None = None) -> SearchResult:
-        lower = torch.full((rows.K,), -torch.inf, dtype=torch.float64)
+        lower = torch.full((rows.K,), -torch.inf, dtype=torch.float64, device=device)
         if pool is not None:  # every open domain is in the pool: a disjunct's bound is its lowest key there
             key, _, of = pool.tensors[:3]
-            lower[torch.ones(rows.K, dtype=torch.bool) if only is None else only] = PROOF_MARGIN
+            lower[torch.ones(rows.K, dtype=torch.bool, device=device) if only is None else only.to(device)] = \
+                PROOF_MARGIN
             lower = lower.scatter_reduce(0, of, key.double(), "amin")
             lower[still] = -torch.inf  # a stuck domain left undecided: no bound
         stats["seconds"] = round(time.perf_counter() - start, 4)
@@ -426,12 +430,12 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         key = lower.amax(1) - PROOF_MARGIN  # a domain is proved when one row of its conjunction is
         open_ = key <= 0
         if closed is not None and bool((~open_).any()):
-            closed.append(tuple(x[~open_] for x in (splits, disjunct, alpha, beta)) + (False,))
+            closed.append(tuple(x[~open_].cpu() for x in (splits, disjunct, alpha, beta)) + (False,))
         row = lower.argmax(1)
         corners = torch.where(engine.picked_rows(record[0], row) > 0, lo, hi)[open_]
         extra = side_attack(time.perf_counter() - start) if side_attack is not None else None
         if extra is not None:
-            corners = torch.cat([corners, torch.as_tensor(np.asarray(extra, np.float64)).reshape(1, -1)])
+            corners = torch.cat([corners, torch.as_tensor(np.asarray(extra, np.float64), device=device).reshape(1, -1)])
         x = check(corners) if len(corners) else None
         if x is not None:
             return finish("violated", x)
@@ -453,12 +457,12 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             if time.perf_counter() > deadline:
                 break
             proved, x = problem.decide_region(network, tuple(x[j] for x in used), int(disjunct[j]), deadline)
-            found = None if proved or x is None else check(torch.as_tensor(x).reshape(1, -1))
+            found = None if proved or x is None else check(torch.as_tensor(x, device=device).reshape(1, -1))
             if found is not None:
                 return finish("violated", found)
             still[disjunct[j]] |= not proved  # undecided: the caller's
             if proved and closed is not None:
-                closed.append((splits[j:j + 1], disjunct[j:j + 1], alpha[j:j + 1], beta[j:j + 1], True))
+                closed.append(tuple(x[j:j + 1].cpu() for x in (splits, disjunct, alpha, beta)) + (True,))
             open_[j] = False
             stats["stuck"] += 1
         choice = problem.branch(splits, disjunct, alpha, beta, relax, score, top_k)
@@ -481,8 +485,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             max(1, min(batch, max_pool - len(pool))), fair, depth=(pool.tensors[1] != 0).sum(1) if deep else None)
         n = splits.shape[0]
         splits = splits.repeat(2, 1)
-        splits[torch.arange(n), choice] = 1
-        splits[n + torch.arange(n), choice] = -1
+        splits[torch.arange(n, device=device), choice] = 1
+        splits[n + torch.arange(n, device=device), choice] = -1
         disjunct, alpha, beta, tuned = disjunct.repeat(2), alpha.repeat(2, 1, 1), beta.repeat(2, 1, 1), \
             tuned.repeat(2, 1)
         inherited, newest = (low.repeat(2, 1), up.repeat(2, 1)), problem.layer_of(choice).repeat(2)

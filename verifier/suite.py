@@ -85,7 +85,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def run_suite(instances_csv: str | Path, *, timeout_scale: float = 1.0, out: str | Path | None = None,
               workers: int = 1, client=None, resume: bool = False, backend: str = "auto",
-              progress: bool = True, seed: int = 0) -> tuple[list[dict], dict]:
+              progress: bool = True, seed: int = 0, device: str = "cpu") -> tuple[list[dict], dict]:
     """Verify every instance of the csv; returns (rows, summary) and writes rows to `out` (csv) if given.
 
     rows: dicts with FIELDS (paths as written in the csv, relative to its folder), in the csv's order; an
@@ -95,7 +95,7 @@ def run_suite(instances_csv: str | Path, *, timeout_scale: float = 1.0, out: str
     each (jobs.run_tasks: a process pool; backend "dask" a local Dask cluster instead). out: rows
     appended as they finish, rewritten in order at the end; resume: keep the rows already in `out` (same
     instance and timeout) and verify only the others. progress: a progress bar and the summary on stderr. seed:
-    of the attacks, every instance.
+    of the attacks, every instance; device: torch device of every instance (`verify.verify`).
     """
     if not timeout_scale > 0:
         raise InputError(f"--timeout-scale must be > 0, got {timeout_scale}")
@@ -108,7 +108,7 @@ def run_suite(instances_csv: str | Path, *, timeout_scale: float = 1.0, out: str
         raise InputError(f"{missing[0]}: no such file")
     tasks = [Task(instance["name"], verify_instance_task,
                   (str(Path(instance["onnx"]).resolve()), hashes[instance["onnx"]],
-                   str(Path(instance["vnnlib"]).resolve()), instance["timeout"] * timeout_scale, seed))
+                   str(Path(instance["vnnlib"]).resolve()), instance["timeout"] * timeout_scale, seed, device))
              for instance in instances]
     by_key = {instance["name"]: instance for instance in instances}
     results_file = ResultFile(out, fields=FIELDS) if out is not None else None

@@ -64,14 +64,15 @@ def cached_network(path: str, sha256: str) -> Network:
     return network
 
 
-def verify_instance_task(onnx: str, onnx_sha256: str, vnnlib: str, timeout: float, seed: int = 0) -> dict:
-    """One VNN-LIB instance (seed: of the attacks): {verdict, result (VNN-COMP word), seconds (wall, loading the
-    network included when this process had not loaded it yet), domains, timeout (s)}."""
+def verify_instance_task(onnx: str, onnx_sha256: str, vnnlib: str, timeout: float, seed: int = 0,
+                         device: str = "cpu") -> dict:
+    """One VNN-LIB instance (seed: of the attacks; device: `verify.verify`'s): {verdict, result (VNN-COMP word),
+    seconds (wall, loading the network included when this process had not loaded it yet), domains, timeout (s)}."""
     from .verify import RESULT_WORDS, verify_instance
 
     start = time.perf_counter()
     network = cached_network(onnx, onnx_sha256)
-    verdict = verify_instance(network, vnnlib, timeout, seed=seed)
+    verdict = verify_instance(network, vnnlib, timeout, seed=seed, device=device)
     return {"verdict": verdict.status, "result": RESULT_WORDS[verdict.status],
             "seconds": round(time.perf_counter() - start, 4), "domains": verdict.stats.get("domains", 0),
             "timeout": round(timeout, 3)}

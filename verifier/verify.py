@@ -77,15 +77,16 @@ def float32_inside(x: np.ndarray, box: InputBox) -> np.ndarray | None:
 
 
 def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.0, *, seed: int = 0,
-           checker: Checker | None = None, trace: dict | None = None, progress: bab.Progress | None = None
-           ) -> Verdict:
+           checker: Checker | None = None, trace: dict | None = None, progress: bab.Progress | None = None,
+           device: str = "cpu") -> Verdict:
     """Decide whether prop holds on the box within about timeout seconds (module docstring).
 
     checker: a `Checker` to reuse (verify_instance shares one across boxes); made here otherwise. Boxes only
     (L-inf, VNN-LIB): for an L2/L1 `InputBall` use the certified methods, the attacks and (L1) the MILP.
     trace: a dict that gets what proved it (kind "input": the search's events; "relu": bab.relu_split's trace,
     "open" [] when the dual passes ruled everything out), for certificates (certificate.py). progress: the branch
-    and bound's (`bab.Progress`).
+    and bound's (`bab.Progress`). device: torch device of the falsification, the dual passes and the ReLU-split
+    search (input splitting, for few inputs, and every check of a counterexample run on the CPU).
     """
     if not isinstance(box, InputBox):
         raise SpecError("verify decides properties over boxes (L-inf, VNN-LIB) only; for an L2/L1 ball use "
@@ -104,7 +105,7 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
 
     t0 = time.perf_counter()
     quick = falsification.falsify(network, box, prop, seed=seed, rounds=1, restarts=64, steps=40,
-                                   time_limit=min(QUICK_FALSIFY, 0.1 * timeout))
+                                   time_limit=min(QUICK_FALSIFY, 0.1 * timeout), device=device)
     phase("falsify", t0)
     if quick.success and (found := violated(quick.x)) is not None:
         return found
@@ -120,7 +121,7 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
         return _from_bab(result, box, prop, checker, stats)
     if trace is not None:
         trace.update(kind="relu", open=[])
-    return _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace, progress)
+    return _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace, progress, device)
 
 
 class _SideAttack:
@@ -135,8 +136,9 @@ class _SideAttack:
     violation (seeds 0 and 1), and scale-5 rounds from ten other seeds found one 7 times out of 10."""
 
     def __init__(self, network: Network, box: InputBox, prop: Property, seed: int, deadline: float,
-                 first: float = SIDE_ATTACK_FIRST) -> None:
+                 first: float = SIDE_ATTACK_FIRST, device: str = "cpu") -> None:
         self.network, self.box, self.prop, self.seed, self.deadline = network, box, prop, seed, deadline
+        self.device = device
         self.next_at, self.rounds = first, 0
         self.closest: dict = {}  # step scale -> least unsafe value its rounds reached
 
@@ -152,16 +154,17 @@ class _SideAttack:
         else:
             scale = min(self.closest, key=self.closest.get)
         result = falsification.falsify(self.network, self.box, self.prop, seed=self.seed, rounds=1,
-                                       first_round=self.rounds, time_limit=max(0.0, 0.1 * left), step_scale=scale)
+                                       first_round=self.rounds, time_limit=max(0.0, 0.1 * left), step_scale=scale,
+                                       device=self.device)
         self.closest[scale] = min(self.closest.get(scale, np.inf), float(result.value))
         return result.x if result.success else None
 
 
-def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace=None, progress=None
-                      ) -> Verdict:
+def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase, trace=None, progress=None,
+                      device="cpu") -> Verdict:
     """Dual passes (adaptive, then optimized slopes), then ReLU branch and bound (falsification rounds beside it)."""
     open_ = list(range(len(prop.disjuncts)))
-    side_attack = _SideAttack(network, box, prop, seed, deadline, first=0.0)
+    side_attack = _SideAttack(network, box, prop, seed, deadline, first=0.0, device=device)
     # (phase, slopes, seconds it must have left to start)
     for name, slopes, needs in (("dual_adaptive", "adaptive", 0.0), ("dual_opt", "opt", 1.0)):
         if deadline - time.perf_counter() <= needs:
@@ -176,7 +179,7 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase,
             progress(f"dual pass ({slopes} slopes)", 0, len(open_), None)
         t0 = time.perf_counter()
         limit = None if slopes != "opt" else OPT_SHARE * (deadline - time.perf_counter())
-        open_, layer_bounds = _open_disjuncts(network, box, prop, open_, slopes, limit)
+        open_, layer_bounds = _open_disjuncts(network, box, prop, open_, slopes, limit, device)
         stats["bound_calls"] += 1
         phase(name, t0)
         if not open_:
@@ -184,17 +187,17 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase,
     t0 = time.perf_counter()
     result = bab.relu_split(network, box, prop, open_, deadline=deadline, layer_bounds=layer_bounds,
                             confirm=lambda x: checker(box, prop, x) is not None,
-                            side_attack=side_attack, trace=trace, progress=progress)
+                            side_attack=side_attack, trace=trace, progress=progress, device=device)
     phase("relu_split", t0)
     return _from_bab(result, box, prop, checker, stats)
 
 
 def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list[int], slopes: str,
-                    time_limit: float | None = None) -> tuple[list[int], list]:
+                    time_limit: float | None = None, device: str = "cpu") -> tuple[list[int], list]:
     """The disjuncts (indices) one dual pass over all their rows cannot rule out, and its layer bounds."""
     rows = [prop.objective_rows(k) for k in open_]
     C, d = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
-    options = {} if time_limit is None else {"time_limit": time_limit}
+    options = {"device": device} if time_limit is None else {"time_limit": time_limit, "device": device}
     result = bound(network, box, C, d, method="dual", slopes=slopes, **options)
     ends = np.cumsum([len(r[1]) for r in rows])[:-1]
     return ([k for k, part in zip(open_, np.split(result.lower, ends)) if not np.any(proves(part))],
@@ -212,13 +215,14 @@ def _from_bab(result: bab.BabResult, box, prop, checker, stats: dict) -> Verdict
 
 
 def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 60.0, *, seed: int = 0,
-                    certificate: str | Path | None = None, progress: bab.Progress | None = None) -> Verdict:
+                    certificate: str | Path | None = None, progress: bab.Progress | None = None,
+                    device: str = "cpu") -> Verdict:
     """Verify every (box, property) pair of a VNN-LIB file within timeout seconds in all: violated if any pair
     is, holds only if all hold (the budget left passes from pair to pair).
 
     certificate: on holds, write a certificate there (certificate.py; dense ReLU chains loaded from ONNX only,
     else UnsupportedNetwork before anything runs); stats["certificate"] says what was written, or why not.
-    progress: the branch and bound's, every box (`bab.Progress`)."""
+    progress: the branch and bound's, every box (`bab.Progress`). device: `verify`'s."""
     start = time.perf_counter()
     if certificate is not None:
         from .certificate import require_certifiable
@@ -235,7 +239,7 @@ def verify_instance(network: Network, vnnlib_path: str | Path, timeout: float = 
             return Verdict(TIMEOUT, None, stats)
         traces.append({})
         verdict = verify(network, box, prop, remaining, seed=seed, checker=checker,
-                         trace=None if certificate is None else traces[-1], progress=progress)
+                         trace=None if certificate is None else traces[-1], progress=progress, device=device)
         for key in ("domains", "bound_calls"):
             stats[key] += verdict.stats.get(key, 0)
         for name, seconds in verdict.stats.get("phases", {}).items():

@@ -61,11 +61,26 @@ def test_bad_vnnlib(text, words, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_device_other_than_cpu_is_refused(capsys):
+@pytest.mark.parametrize("device, words", [("tpu", "not a torch device"), ("cuda:7", "CUDA device"),
+                                           ("meta", "only cpu and cuda")])
+def test_a_device_torch_cannot_run_on_is_refused(device, words, capsys):
     code = main([str(DATA / "test_nano.onnx"), "--vnnlib", str(DATA / "vnnlib" / "test_nano.vnnlib"),
-                 "--device", "cuda"])
+                 "--device", device])
     out, err = capsys.readouterr()
-    assert code == 2 and out == "" and "--device cuda" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and out == "" and f"--device {device}" in err and words in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_device_reaches_the_search(monkeypatch, capsys):
+    import importlib
+
+    verify_module = importlib.import_module("verifier.verify")
+    original, seen = verify_module.verify_instance, []
+    monkeypatch.setattr(verify_module, "verify_instance",
+                        lambda *a, **k: seen.append(k["device"]) or original(*a, **k))
+    code = main([str(DATA / "test_nano.onnx"), "--vnnlib", str(DATA / "vnnlib" / "test_nano.vnnlib"),
+                 "--device", "cpu"])
+    assert code == 0 and seen == ["cpu"]
 
 
 def test_seed_reaches_the_attacks(monkeypatch, tmp_path, capsys):

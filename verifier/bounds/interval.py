@@ -137,12 +137,12 @@ def _graph_bound(network: Network, box: InputBox | InputBall, C: np.ndarray, d: 
     if isinstance(box, InputBall):
         for k, (l, u) in ball_ranges(network, box).items():
             shape = network.nodes[k].op.out_shape
-            l, u = (torch.tensor(x).reshape(1, *shape) for x in (l, u))
+            l, u = (torch.tensor(x, device="cpu").reshape(1, *shape) for x in (l, u))
             if k in given:
                 l, u = torch.maximum(l, given[k][0]), torch.minimum(u, given[k][1])
             given[k] = (l, u)
         box = box.box
-    lo, hi = (torch.tensor(x, dtype=torch.float64)[None] for x in (box.lo, box.hi))
+    lo, hi = (torch.tensor(x, dtype=torch.float64, device="cpu")[None] for x in (box.lo, box.hi))
     with torch.no_grad():
         bounds = node_bounds(network, lo, hi, given)
         flat = [(bounds[k][0].reshape(-1).numpy(), bounds[k][1].reshape(-1).numpy()) for k in described]

@@ -41,7 +41,7 @@ def full_point(network: Network, layout: encode.Layout, n_vars: int, x: np.ndarr
     """The MILP's variable vector (n_vars,) for input x (n_inputs,): the network's own forward, read off at each ReLU
     node of the problem (pre-activations, activations, and the indicators of its unstable neurons)."""
     with torch.no_grad():
-        pre = network.relu_inputs_torch(torch.tensor(np.asarray(x, dtype=np.float64).reshape(1, -1)))
+        pre = network.relu_inputs_torch(torch.tensor(np.asarray(x, dtype=np.float64).reshape(1, -1), device="cpu"))
     pre = [h[0].numpy() for h in pre]
     point = np.zeros(n_vars)
     point[:layout.n_inputs] = x

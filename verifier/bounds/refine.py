@@ -51,7 +51,7 @@ STEPS = 20  # signed-gradient steps of the search for points that show each unst
 def pre_activations(network: Network, x: np.ndarray) -> list[np.ndarray]:
     """The inputs of every ReLU node (in `network.relu_nodes` order) at the points x (P, n_inputs): [(P, w_i)]."""
     with torch.no_grad():
-        values = network.to("cpu", torch.float64).relu_inputs_torch(torch.tensor(np.asarray(x, np.float64)))
+        values = network.to("cpu", torch.float64).relu_inputs_torch(torch.from_numpy(np.array(x, np.float64)))
     return [v.numpy() for v in values]
 
 
@@ -61,69 +61,73 @@ def extreme_points(network: Network, box: InputBox, entries: np.ndarray, steps: 
     `network.relu_nodes` order): per entry, one point that tries to minimize it and one to maximize it (projected
     signed-gradient steps from random starts, a tenth of the box's half-width each)."""
     net = network.to("cpu", torch.float64)
-    lo, hi = (torch.tensor(x, dtype=torch.float64) for x in (box.lo, box.hi))
+    lo, hi = (torch.tensor(x, dtype=torch.float64, device="cpu") for x in (box.lo, box.hi))
     E = len(entries)
-    entry = torch.as_tensor(np.asarray(entries), dtype=torch.long).repeat(2)
-    side = torch.cat([-torch.ones(E), torch.ones(E)]).double()  # -1: minimize, +1: maximize
+    entry = torch.as_tensor(np.asarray(entries), dtype=torch.long, device="cpu").repeat(2)
+    side = torch.cat([-torch.ones(E, device="cpu"), torch.ones(E, device="cpu")]).double()  # -1: min, +1: max
     generator = torch.Generator().manual_seed(seed)
-    x = lo + (hi - lo) * torch.rand(2 * E, lo.numel(), generator=generator, dtype=torch.float64)
+    x = lo + (hi - lo) * torch.rand(2 * E, lo.numel(), generator=generator, dtype=torch.float64, device="cpu")
     for _ in range(steps if E else 0):
         pre = torch.cat(net.relu_inputs_torch(x.requires_grad_(True)), 1)
-        grad, = torch.autograd.grad((side * pre[torch.arange(2 * E), entry]).sum(), x)
+        grad, = torch.autograd.grad((side * pre[torch.arange(2 * E, device="cpu"), entry]).sum(), x)
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x + (hi - lo) / 20 * grad.sign(), lo), hi)
     return x.detach().numpy()
 
 
-def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int) -> None:
-    """Intersect bounds[t:] (in place) with the adaptive pass's, the bounds before t given (as refined)."""
+def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int, device="cpu") -> None:
+    """Intersect bounds[t:] (in place) with the adaptive pass's (on `device`), the bounds before t given (as
+    refined)."""
     nodes = relu_inputs(network)
-    tensors = by_node(network, bounds)
+    tensors = by_node(network, bounds, device=device)
     given = {k: tensors[k] for k in nodes[:t]}
     reference = {k: tensors[k] for k in nodes[t:]}
-    lo, hi = (torch.tensor(x, dtype=torch.float64).reshape(1, -1) for x in (box.lo, box.hi))
-    new, _ = engine.node_bounds(network.to("cpu", torch.float64), lo, hi, "adaptive", given, reference=reference,
+    lo, hi = (torch.tensor(x, dtype=torch.float64, device=device).reshape(1, -1) for x in (box.lo, box.hi))
+    new, _ = engine.node_bounds(network.to(device, torch.float64), lo, hi, "adaptive", given, reference=reference,
                                 output_pass=False)
     for i, k in enumerate(nodes[t:], start=t):
-        l, u = (x.reshape(-1).numpy() for x in new[k])
+        l, u = (x.reshape(-1).cpu().numpy() for x in new[k])
         bounds[i] = (np.maximum(bounds[i][0], l), np.minimum(bounds[i][1], u))
 
 
 def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray, sides: np.ndarray,
-                 deadline: float, progress=None) -> tuple[np.ndarray, dict]:
+                 deadline: float, progress=None, device="cpu") -> tuple[np.ndarray, dict]:
     """Lower bounds over the box of ``sides[j] * z[entries[j]]`` (J,), z the (flat) output of `cut` (a network cut
     at the input of one of its ReLU nodes: `Network.upto`, float64), by one ReLU-split search (`relu_bab.search`)
     with cut's layer bounds (`interval.relu_inputs` layout of cut) and a row per (entry, side), taken in turn
     (``fair``) until the deadline (time.perf_counter()): > 0 where the sign is proved, -inf where a point of the box
     shows the other sign (or a linear region was left undecided), the row's lowest open bound otherwise. Also the
-    search's stats. progress: the search's (`relu_bab.search`)."""
+    search's stats. progress: the search's (`relu_bab.search`). device: where the search runs."""
     from .. import relu_bab
     from ..objective_rows import ObjectiveRows
 
     J = len(entries)
-    rows = torch.zeros(J, cut.n_outputs, dtype=torch.float64)
-    rows[torch.arange(J), torch.as_tensor(entries, dtype=torch.long)] = torch.as_tensor(sides, dtype=torch.float64)
-    lo, hi = (torch.tensor(x, dtype=torch.float64).unsqueeze(0) for x in (box.lo, box.hi))
+    cut = cut.to(device, torch.float64)
+    rows = torch.zeros(J, cut.n_outputs, dtype=torch.float64, device=device)
+    rows[torch.arange(J, device=device), torch.as_tensor(entries, dtype=torch.long, device=device)] = \
+        torch.as_tensor(sides, dtype=torch.float64, device=device)
+    lo, hi = (torch.tensor(x, dtype=torch.float64, device=device).unsqueeze(0) for x in (box.lo, box.hi))
 
     def refute(points: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return (cut.forward_torch(points.double()) * rows[which]).sum(1) <= 0
 
-    result = relu_bab.search(cut, lo, hi, ObjectiveRows(rows, torch.zeros(J, dtype=torch.float64), J, 1),
-                             by_node(cut, bounds), deadline=deadline, check=lambda points: None, fair=True,
-                             refute=refute, progress=progress)
-    return result.lower.numpy(), result.stats
+    zeros = torch.zeros(J, dtype=torch.float64, device=device)
+    result = relu_bab.search(cut, lo, hi, ObjectiveRows(rows, zeros, J, 1), by_node(cut, bounds, device=device),
+                             deadline=deadline, check=lambda points: None, fair=True, refute=refute, progress=progress)
+    return result.lower.cpu().numpy(), result.stats
 
 
 def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float, seed: int = 0,
-                        objective: tuple | None = None, progress=None) -> tuple[list, dict]:
+                        objective: tuple | None = None, progress=None, device="cpu") -> tuple[list, dict]:
     """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
     after the first settled (or tightened) by one search per node where the time (deadline: time.perf_counter())
     allows, then, with objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module
     docstring). Returns (bounds, info: "searches" (rows searched), "stabilized", "tightened" (bounds moved without
     a sign), "skipped" (both signs seen at known points), "domains", "unstable_before" / "unstable_after" /
     "layer_seconds" (its search's time) per ReLU node, "seconds"). progress(domains, open domains, None): during
-    the searches (their lowest bounds are of the sign rows, not of the property)."""
+    the searches (their lowest bounds are of the sign rows, not of the property). device: where the searches and
+    the passes run (the points that show signs are found on the CPU)."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
@@ -139,7 +143,7 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
         if not relus_up_to(network, k) or now > deadline:
             continue  # the first layer is a linear function of the box: exact already
         if info["stabilized"] + info["tightened"]:  # the layers before got tighter: so do this one's by a pass
-            _tighten_by_pass(network, box, bounds, t)
+            _tighten_by_pass(network, box, bounds, t, device)
         l, u = bounds[t]
         open_ = np.flatnonzero((l < 0) & (u > 0))
         # side +1: z_i > 0 everywhere (impossible once a point had z_i <= 0); side -1: z_i < 0 everywhere
@@ -151,8 +155,8 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
             share = (deadline - now) * len(open_) / (len(open_) + later)
             done = info["domains"]
             report = None if progress is None else lambda domains, waiting, _: progress(done + domains, waiting, None)
-            lower, stats = settle_signs(network.upto(k).to("cpu", torch.float64), box, bounds[:t + 1], rows, sides,
-                                        min(now + share, deadline), report)
+            lower, stats = settle_signs(network.upto(k), box, bounds[:t + 1], rows, sides, min(now + share, deadline),
+                                        report, device)
             up, proved = sides > 0, lower > 0
             moved = ~proved & (lower > np.where(up, l[rows], -u[rows]))  # z_i >= lower (side +1), -z_i >= lower
             l[rows[up & proved]], u[rows[~up & proved]] = 0.0, 0.0  # stable
@@ -164,7 +168,7 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
         info["layer_seconds"][t] = round(time.perf_counter() - now, 3)
     if objective is not None and info["stabilized"] + info["tightened"]:
         bounds = dual.bound(network, box, *objective, reference=bounds, slopes="opt",
-                            time_limit=ALPHA_SHARE * (deadline - start)).layer_bounds
+                            time_limit=ALPHA_SHARE * (deadline - start), device=device).layer_bounds
     info["unstable_after"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
     info["seconds"] = round(time.perf_counter() - start, 3)
     return bounds, info
