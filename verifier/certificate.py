@@ -246,8 +246,8 @@ def _widen_neurons(chain: check.Chain, pair: dict) -> None:
 
 def _reoptimize(network: Network, chain: check.Chain, pair: dict, leaves: np.ndarray, steps: int = 60) -> None:
     """Optimize the slopes and multipliers of some leaves again (in place), with the engine's ReLU-split
-    bounding (relu_bab) held to the checker's own layer bounds of each leaf."""
-    from .relu_bab import _Problem
+    bounding (split_domains) held to the checker's own layer bounds of each leaf."""
+    from .split_domains import SplitDomains
     from .spec import Property
 
     neurons, B = pair["neurons"], len(leaves)
@@ -261,7 +261,7 @@ def _reoptimize(network: Network, chain: check.Chain, pair: dict, leaves: np.nda
         fake[net.nodes[r].inputs[0]] = (torch.tensor(mark)[None], torch.ones(1, n, dtype=torch.float64))
     lo, hi = torch.tensor(pair["lo"])[None], torch.tensor(pair["hi"])[None]
     rows = ObjectiveRows.of(Property(tuple(zip(pair["C"], pair["d"]))), chain.n_outputs)
-    problem = _Problem(net, lo, hi, rows, fake, retighten=False)
+    problem = SplitDomains(net, lo, hi, rows, fake, retighten=False)
     sign = []
     for j in range(len(relus)):
         cols = np.flatnonzero(neurons[:, 0] == j)

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from graph_models import KINDS, TINY_KINDS, random_graph_file
-from verifier import bab, ops, relu_bab
+from verifier import bab, ops
+from verifier.split_domains import SplitDomains
 from verifier.falsification import falsify
 from verifier.bounds import dual, engine, interval, symbolic
 from verifier.bounds.enumerate import enumerate_bound
@@ -311,7 +312,7 @@ def test_input_split_on_a_nine_input_conv_graph_is_sound_against_sampling_pgd_an
 
 # --- ReLU splitting -----------------------------------------------------------------------------------------
 def test_every_relu_split_domain_bound_is_below_its_patterns_sampled_minimum(graph):
-    """relu_bab's domains on graphs (re-tightened layer bounds, alpha and beta optimized, beta started at random
+    """SplitDomains on graphs (re-tightened layer bounds, alpha and beta optimized, beta started at random
     values >= 0): each domain's bound is below the minimum over the sampled points with its split phases."""
     rng = np.random.default_rng(4)
     box = boxes_of(graph, 4, 1, 0.1)[0]
@@ -322,7 +323,7 @@ def test_every_relu_split_domain_bound_is_below_its_patterns_sampled_minimum(gra
               for k, lu in zip(interval.relu_inputs(graph), root)}
     rows = ObjectiveRows.of(prop, graph.n_outputs)
     lo, hi = (torch.tensor(v)[None] for v in (box.lo, box.hi))
-    problem = relu_bab._Problem(graph, lo, hi, rows, root_t)
+    problem = SplitDomains(graph, lo, hi, rows, root_t)
     if problem.n_split == 0:
         pytest.skip("no unstable neuron at the root")
     x = points(box, rng, 4000)

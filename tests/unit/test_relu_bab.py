@@ -13,7 +13,8 @@ from hypothesis import assume, example, given, settings, strategies as st
 from scipy.optimize import linprog
 
 from graph_models import TINY_KINDS, assert_relu_split_verdicts, random_graph_file, verdict_cases
-from verifier import bab, relu_bab
+from verifier import bab, relu_bab, split_domains
+from verifier.split_domains import SplitDomains
 from verifier.objective_rows import ObjectiveRows
 from verifier.bounds import dual, milp
 from verifier.bounds.interval import relu_inputs
@@ -48,7 +49,7 @@ def domain_minimum(net: Network, box: InputBox, c: np.ndarray, phases: dict) -> 
     return best
 
 
-def phases_of(net: Network, problem: relu_bab._Problem, splits: torch.Tensor) -> dict:
+def phases_of(net: Network, problem: SplitDomains, splits: torch.Tensor) -> dict:
     """The split phases {(layer, neuron): +1 / -1} (`domain_minimum`'s) of one domain's splits (N,)."""
     phases = {}
     for r, layer in zip(problem.relus, [i for i, relu in enumerate(net.relu_after) if relu]):
@@ -85,7 +86,7 @@ def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits,
     prop = Property(((C[:1], np.zeros(1)), (C[1:], np.zeros(1))))
     rows = ObjectiveRows.of(prop, 2)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
-    problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, d),
+    problem = SplitDomains(net, lo, hi, rows, root_of(net, box, C, d),
                                 torch.float32 if float32 else torch.float64)
     assume(problem.n_split > 0)
     # a few random domains: split up to n_splits root-unstable neurons each
@@ -115,7 +116,7 @@ def test_inherited_bounds_and_the_lp_of_a_linear_region(seed, width, first):
     C = rng.normal(size=(1, 2))
     rows = ObjectiveRows.of(Property(((C, np.zeros(1)),)), 2)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
-    problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, np.zeros(1)))
+    problem = SplitDomains(net, lo, hi, rows, root_of(net, box, C, np.zeros(1)))
     assume(problem.n_split > 0)
     order = rng.permutation(problem.n_split)
     sides = torch.tensor(rng.choice([-1, 1], size=problem.n_split), dtype=torch.int8)
@@ -146,7 +147,7 @@ def test_beta_tightens_a_split_domain():
         rng, net, box = setup(seed, [3, 8, 8, 2], radius=1.0)
         C = np.array([[1.0, -1.0]])
         rows = ObjectiveRows.of(Property(((C, np.zeros(1)),)), 2)
-        problem = relu_bab._Problem(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None], rows,
+        problem = SplitDomains(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None], rows,
                                     root_of(net, box, C, np.zeros(1)))
         if problem.n_split < 2:
             continue
@@ -205,20 +206,20 @@ def test_the_last_layer_weight_follows_what_re_tightening_its_inputs_gained(monk
     C = rng.normal(size=(1, 2))
     rows = ObjectiveRows.of(Property(((C, np.zeros(1)),)), 2)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
-    problem = relu_bab._Problem(net, lo, hi, rows, root_of(net, box, C, np.zeros(1)))
+    problem = SplitDomains(net, lo, hi, rows, root_of(net, box, C, np.zeros(1)))
     assert all(len(problem.cols[r]) for r in problem.relus)  # every layer has a neuron to split
     old = (torch.tensor([[-1.0, -2.0, 1.0, -1.0]]), torch.tensor([[1.0, 2.0, 3.0, 1.0]]))  # 3 unstable entries
     new = (torch.tensor([[-0.5, -2.0, 1.5, 0.5]]), torch.tensor([[1.0, 1.0, 2.0, 0.4]]))  # narrowed by 1/4, 1/4, all
-    monkeypatch.setattr(relu_bab, "NARROWING_SAMPLES", 6)
+    monkeypatch.setattr(split_domains, "NARROWING_SAMPLES", 6)
     problem._count_narrowing(old, new)
     assert problem.narrowing[1] == 3 and problem.narrowing[0] == pytest.approx(1.5)
     assert problem.last_layer_weight() == 1.0  # 3 entries of the 6 needed
     problem._count_narrowing(old, old)
     assert problem.narrowing[0] / problem.narrowing[1] == pytest.approx(0.25)
-    monkeypatch.setattr(relu_bab, "RETIGHTEN_PAYS", 0.2)
+    monkeypatch.setattr(split_domains, "RETIGHTEN_PAYS", 0.2)
     assert problem.last_layer_weight() == 1.0  # re-tightening pays: the scores as they are
-    monkeypatch.setattr(relu_bab, "RETIGHTEN_PAYS", 0.3)
-    assert problem.last_layer_weight() == relu_bab.LAST_LAYER_WEIGHT
+    monkeypatch.setattr(split_domains, "RETIGHTEN_PAYS", 0.3)
+    assert problem.last_layer_weight() == split_domains.LAST_LAYER_WEIGHT
     problem.narrowing = [0.0, 0]
     parent = torch.zeros(2, problem.n_split, dtype=torch.int8)
     *_, used = problem.relaxations(parent)
@@ -238,9 +239,9 @@ def test_weighting_the_last_layer_changes_the_order_not_the_verdict(seed, monkey
     """With the last ReLU layer's factor switched on after the first re-tightening (RETIGHTEN_PAYS above any
     narrowing) and large, the search on random three-layer nets still gives the exact verdict: thresholds 0.05
     below and above the MILP's minimum."""
-    monkeypatch.setattr(relu_bab, "NARROWING_SAMPLES", 1)
-    monkeypatch.setattr(relu_bab, "RETIGHTEN_PAYS", 2.0)
-    monkeypatch.setattr(relu_bab, "LAST_LAYER_WEIGHT", 1e3)
+    monkeypatch.setattr(split_domains, "NARROWING_SAMPLES", 1)
+    monkeypatch.setattr(split_domains, "RETIGHTEN_PAYS", 2.0)
+    monkeypatch.setattr(split_domains, "LAST_LAYER_WEIGHT", 1e3)
     rng, net, box = setup(seed, [3, 6, 6, 6, 2], radius=1.0)
     C = rng.normal(size=(1, 2))
     exact = milp.bound(net, box, C, np.zeros(1)).lower[0]
@@ -260,7 +261,7 @@ def test_weighting_the_last_layer_changes_the_order_not_the_verdict(seed, monkey
             assert box.contains(result.x) and prop.violated_by(net.forward(result.x))
         weights.append(result.stats["last_layer_weight"])
     if seed == 0:
-        assert relu_bab.LAST_LAYER_WEIGHT in weights  # the factor was on in at least one of the searches
+        assert split_domains.LAST_LAYER_WEIGHT in weights  # the factor was on in at least one of the searches
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -271,7 +272,7 @@ def test_tuning_some_rows_keeps_the_others_warm_starts(seed):
     rng, net, box = setup(seed, [3, 5, 5, 3])
     C = rng.normal(size=(3, 3))
     rows = ObjectiveRows.of(Property(((C, np.zeros(3)),)), 3)  # one conjunction of three rows
-    problem = relu_bab._Problem(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None], rows,
+    problem = SplitDomains(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None], rows,
                                 root_of(net, box, C, np.zeros(3)))
     splits, first = torch.zeros(2, problem.n_split, dtype=torch.int8), torch.zeros(2, dtype=torch.long)
     alpha = problem.start_alpha().expand(2, 3, -1).clone()
@@ -302,8 +303,8 @@ def test_proved_domains_stop_stepping_without_changing_the_others(seed, monkeypa
     rng, net, box = setup(seed, [3, 8, 8, 2])
     C = rng.normal(size=(2, 2))
 
-    def problem_for(d: np.ndarray) -> relu_bab._Problem:
-        return relu_bab._Problem(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None],
+    def problem_for(d: np.ndarray) -> SplitDomains:
+        return SplitDomains(net, torch.tensor(box.lo)[None], torch.tensor(box.hi)[None],
                                  ObjectiveRows.of(Property(((C, d),)), 2), root_of(net, box, C, d))
 
     problem = problem_for(np.zeros(2))
@@ -320,7 +321,7 @@ def test_proved_domains_stop_stepping_without_changing_the_others(seed, monkeypa
     problem = problem_for(float(keys.median()) * np.ones(2))  # rows C y - d: the first pass proves about half
     plain = problem.bound(splits, disjunct, alpha, beta, steps=0)[0]
     stopping = problem.bound(splits, disjunct, alpha, beta, steps=5)
-    monkeypatch.setattr(relu_bab, "STOP_SHARE", 0)  # every domain steps to the end
+    monkeypatch.setattr(split_domains, "STOP_SHARE", 0)  # every domain steps to the end
     full = problem.bound(splits, disjunct, alpha, beta, steps=5)
     early = plain.amax(1) > relu_bab.PROOF_MARGIN
     stepped = ~early & (stopping[0].amax(1) <= 1e-6)
@@ -436,7 +437,7 @@ def test_a_pool_near_its_memory_cap_is_searched_depth_first(monkeypatch):
         rows, d = ObjectiveRows.of(prop, 3), prop.objective_rows(0)[1]
         lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
         root = root_of(net, box, C, d)
-        N = relu_bab._Problem(net, lo, hi, rows, root).n_split
+        N = SplitDomains(net, lo, hi, rows, root).n_split
         cap = 2 * N  # domains; the search derives it from bytes: 8 M N + 17 N + 72 per domain (M = 1 row)
 
         def run(share: float):

@@ -63,9 +63,9 @@ def test_relu_split_and_its_milp_slot_on_a_device(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_search_options_on_a_device(device, monkeypatch):
-    """Smart branching (top_k 3), one tuned row of a conjunction, depth-first rounds, the side attack's points, the proved domains kept for a certificate, linear regions decided by their
-    LP: a property 0.001 below the exact minimum holds, one above it does not; the candidates come on the device,
-    the kept domains on the CPU."""
+    """Smart branching (top_k 3), one tuned row of a conjunction, depth-first rounds, the side attack's points, the
+    proved domains kept for a certificate, linear regions decided by their LP: a property 0.001 below the exact
+    minimum holds, one above it does not; the candidates come on the device, the kept domains on the CPU."""
     monkeypatch.setattr(relu_bab, "DEPTH_FIRST_SHARE", 0.0)  # every round depth-first
     rng = np.random.default_rng(5)
     net = random_network([3, 10, 10, 3], rng)

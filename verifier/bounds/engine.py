@@ -130,7 +130,7 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     A (B or 1, K, *shape_top), const (B or 1, K); relaxations {ReLU node id: Relaxation} for every ReLU node
     before top; centre, radius (B, n_inputs); alphas {ReLU node id: lower slopes broadcastable to (B, K, *shape)}.
     betas {ReLU node id: (B, K, *shape)}: added to the rows reaching that ReLU's input (a Lagrangian term
-    ``<beta, z>`` of split constraints, see relu_bab.py). record: a dict filled with the rows reaching each ReLU
+    ``<beta, z>`` of split constraints, see split_domains.py). record: a dict filled with the rows reaching each ReLU
     node {id: (B or 1, K, *shape)} (before its relaxation), the input coefficients {0: (B or 1, K, n_inputs)}
     (zeros when the rows do not reach the input) and under "const" the rows' constant (B or 1, K): on the boxes,
     ``<A, v_top> + const >= <record[0], x> + record["const"]``.

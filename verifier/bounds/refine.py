@@ -15,7 +15,7 @@ is and costs nothing; a row whose search meets a point of the other sign (its do
 dropped. A row proved makes its neuron stable (l := 0 or u := 0); a row open at the layer's time limit still
 tightens its bound to its lowest open domain's (the best-first search raised it). Before a layer's search, once
 some bound before it moved, an adaptive pass of the bound engine with the refined bounds given re-bounds that layer
-and the later ones (intersected). A proof is the search's: float64 bounds above PROOF_MARGIN (relu_bab.py).
+and the later ones (intersected). A proof is the search's: float64 bounds above PROOF_MARGIN (split_domains.py).
 
 With the objective rows given, alpha-CROWN then bounds every layer again over the refined bounds (its
 intermediate slopes optimized for those rows, each layer intersected with the refined one: `dual.bound`'s
