@@ -2,6 +2,7 @@
 # VNN-COMP tool interface: run_instance.sh v1 CATEGORY ONNX VNNLIB RESULTS_FILE TIMEOUT
 # Writes RESULTS_FILE: sat (with the counterexample) / unsat / unknown / timeout. The verifier gets the timeout
 # minus START_MARGIN seconds (Python and torch start-up) so that it answers before the harness stops it.
+# VERIFY_DEVICE (default cpu): the torch device of the search (cuda on a GPU machine; see verify --help).
 set -uo pipefail
 START_MARGIN=2
 if [ "$#" -ne 6 ] || [ "$1" != "v1" ]; then
@@ -17,7 +18,8 @@ verify="$here/../.venv/bin/verify"
 [ -x "$verify" ] || verify=$(command -v verify) || { echo "$0: the verify command is not installed" >&2; exit 1; }
 budget=$(awk -v t="$timeout" -v m="$START_MARGIN" 'BEGIN { b = t - m; if (b < 1) b = 1; print b }')
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-"$verify" "$onnx" --vnnlib "$vnnlib" --timeout "$budget" --result-file "$results"
+rm -f "$results"  # an earlier run's answer must not stand for this one
+"$verify" "$onnx" --vnnlib "$vnnlib" --timeout "$budget" --result-file "$results" --device "${VERIFY_DEVICE:-cpu}"
 status=$?
 if [ "$status" -ne 0 ] && [ ! -s "$results" ]; then
     echo "unknown" > "$results"  # an error: say nothing rather than something wrong

@@ -4,6 +4,7 @@ scripts."""
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import time
@@ -124,3 +125,8 @@ def test_vnncomp_scripts(tmp_path):
     x = np.array([float(values[f"X_{i}"]) for i in range(5)])
     box, prop = parse_vnnlib(vnnlib, 5, 5)[0]
     assert box.contains(x) and prop.violated_by(run_onnxruntime(onnx, x))
+    # a device torch cannot use: the one-line error, exit code 2, and "unknown" rather than a verdict
+    refused = subprocess.run([scripts / "run_instance.sh", "v1", "test", onnx, vnnlib, results, "30"],
+                             capture_output=True, env={**os.environ, "VERIFY_DEVICE": "tpu"})
+    assert refused.returncode == 2 and b"--device tpu" in refused.stderr
+    assert results.read_text().split() == ["unknown"]
