@@ -43,7 +43,9 @@ MILP_AFTER = 1.0  # ... after this fraction of its time in the optimized ReLU-sp
 # search leaves stuck; measured on MNIST 256x2 at 30 s: the search alone answers 30/30, 48 s in all)
 REFINE_AFTER = 0.1  # relu_split searches alone for this share of its time; still open, with at least
 REFINE_MIN_SECONDS = 60.0  # this long left, it refines the root's layer bounds (bounds/refine.py) for
-REFINE_SHARE = 0.25  # at most this share of the time left, then searches again from the refined root
+REFINE_SHARE = 0.25  # at most this share of the time left (per stage), then searches again from the refined root
+REFINE_STAGES, REFINE_PAYS = 3, 0.4  # another stage, up to this many, while the last one closed at least this share
+# of the objective's gap (measured: docs/search.md, "Refinement in stages")
 MILP_SLOT_SHARE = 0.6  # with one ReLU layer unstable (up to MILP_ONE_LAYER_MAX root-unstable ReLUs), the MILP gets
 MILP_ONE_LAYER_MAX = 20000  # this share of the time left right after the search's root round (not the
 # refinement: the first layer's bounds are exact); measured
@@ -225,13 +227,14 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        layer. When it does, with more than one unstable layer, no certificate asked for (trace None), the time left
        after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the root's layer bounds
        are refined (`refine.refine_layer_bounds`: the signs of a layer's unstable neurons settled by this search on
-       the network cut at that layer; neurons proved stable are never split) for at most REFINE_SHARE of the time left
-       (and bounded again by alpha-CROWN over the refined bounds), and the search starts again from the refined root,
-       for the disjuncts the first search left open. The shares: docs/search.md. With a single unstable layer the
-       refinement has nothing to refine (the first layer's bounds are exact): the disjuncts still open after the root
-       round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time left instead (trusted in a certificate
-       like step 2's), and the search starts again for those disjuncts if it has not decided (for all of them when a
-       certificate is asked for: the certificate takes the second search's domains only).
+       the network cut at that layer; neurons proved stable are never split) for REFINE_SHARE of the time left, again
+       while that pays (`_refine_in_stages`; bounded again by alpha-CROWN over the refined bounds), and the search
+       starts again from the refined root, for the disjuncts the first search left open. The shares: docs/search.md.
+       With a single unstable layer the refinement has nothing to refine (the first layer's bounds are exact): the
+       disjuncts still open after the root round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time
+       left instead (trusted in a certificate like step 2's), and the search starts again for those disjuncts if it
+       has not decided (for all of them when a certificate is asked for: the certificate takes the second search's
+       domains only).
     2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
        further: "stuck"), the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same
        layer bounds): single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP
@@ -291,13 +294,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
                     trace["milp"] = still
                 return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
         else:
-            from .bounds.refine import refine_layer_bounds
-
-            layer_bounds, stats["refine"] = refine_layer_bounds(network, box, layer_bounds,
-                                                                deadline=now + REFINE_SHARE * (deadline - now),
-                                                                objective=(C, d),
-                                                                progress=report("refining layer bounds"),
-                                                                device=device)
+            layer_bounds, stats["refine"] = _refine_in_stages(network, box, sub, layer_bounds, deadline,
+                                                              report("refining layer bounds"), device)
             root = by_node(network, layer_bounds)
         if trace is not None:
             trace["closed"].clear()  # with a certificate, the search below covers every disjunct again
@@ -321,6 +319,38 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     stats.update(milp_stats, domains=stats["domains"] + milp_stats["domains"],
                  bound_calls=stats["bound_calls"] + milp_stats["bound_calls"])
     return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
+
+
+def _refine_in_stages(network: Network, box: InputBox, prop: Property, layer_bounds: list, deadline: float,
+                      progress: Callable | None, device) -> tuple[list, list]:
+    """`refine.refine_layer_bounds` for prop's rows in stages of REFINE_SHARE of the time left at the first: another
+    stage while the last one closed at least REFINE_PAYS of the gap below 0 of the rows' worst disjunct (alpha-CROWN
+    over the layer bounds, before and after each stage) and left it open, at most REFINE_STAGES, with a stage's time
+    and REFINE_MIN_SECONDS of search left after it. A refinement that pays on the first stage keeps paying on
+    MNIST 256x4 prop_0 eps 0.05 (the gap -2.18 -> -1.00 -> -0.50 in two stages of 67 s), and one that does not,
+    stops: marabou_cifar10 small index 9409, -3.55 -> -2.71 -> -2.70. Returns (bounds, the stages' infos)."""
+    from .bounds import dual
+    from .bounds.refine import refine_layer_bounds
+
+    C = np.vstack([prop.objective_rows(k)[0] for k in range(len(prop.disjuncts))])
+    d = np.concatenate([prop.objective_rows(k)[1] for k in range(len(prop.disjuncts))])
+    ends = np.cumsum([len(prop.objective_rows(k)[1]) for k in range(len(prop.disjuncts))])[:-1]
+    worst = lambda lower: min(float(np.max(part)) for part in np.split(np.asarray(lower), ends)) - PROOF_MARGIN
+    seconds = REFINE_SHARE * (deadline - time.perf_counter())
+    gap = -worst(dual.bound(network, box, C, d, slopes="opt", reference=layer_bounds, device=device,
+                            time_limit=seconds / 10).lower)
+    infos: list = []
+    while len(infos) < REFINE_STAGES and gap > 0:
+        layer_bounds, info = refine_layer_bounds(network, box, layer_bounds, deadline=time.perf_counter() + seconds,
+                                                 objective=(C, d), progress=progress, device=device)
+        infos.append(info)
+        if "objective_lower" not in info:  # nothing moved
+            break
+        before, gap = gap, -worst(info.pop("objective_lower"))
+        info["gap"] = round(gap, 6)
+        if gap > (1 - REFINE_PAYS) * before or deadline - time.perf_counter() < seconds + REFINE_MIN_SECONDS:
+            break
+    return layer_bounds, infos
 
 
 def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list,

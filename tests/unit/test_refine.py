@@ -170,3 +170,34 @@ def test_relu_split_with_the_refinement_gives_the_enumerations_verdicts(tiny_gra
     net, seed = tiny_graph
     stats = assert_relu_split_verdicts(net, seed + 10)
     assert any("refine" in one or "milp_slot" in one for one in stats)  # the path ran
+
+
+
+@pytest.mark.parametrize("pays", [1.0, -1.0])
+def test_refinement_in_stages_goes_on_only_while_it_pays(pays, monkeypatch):
+    """relu_split's refinement in stages (`bab._refine_in_stages`) from loose bounds on the six dense nets, a property
+    0.01 inside the exact minimum: a stage follows only one that closed at least REFINE_PAYS of the gap (the worst
+    disjunct's alpha-CROWN bound below 0) and left it open; REFINE_PAYS 1 (no stage pays that much) stops after the
+    first, -1 (any stage pays) goes on to REFINE_STAGES where the time allows; the bounds stay sound throughout."""
+    from verifier.bounds import dual
+    from verifier.spec import Property
+
+    monkeypatch.setattr(bab, "REFINE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(bab, "REFINE_PAYS", pays)
+    stages = []
+    for _, net, box in networks():
+        given = loose_bounds(net, box)
+        c = np.eye(net.n_outputs)
+        exact = enumerate_bound(net, box, c)
+        prop = Property(tuple((c[k:k + 1], np.array([exact[k] - 0.01])) for k in range(net.n_outputs)))
+        C = np.vstack([prop.objective_rows(k)[0] for k in range(net.n_outputs)])
+        d = np.concatenate([prop.objective_rows(k)[1] for k in range(net.n_outputs)])
+        gaps = [-(dual.bound(net, box, C, d, slopes="opt", reference=given).lower.min() - bab.PROOF_MARGIN)]
+        refined, infos = bab._refine_in_stages(net, box, prop, given, time.perf_counter() + 6, None, "cpu")
+        gaps += [info["gap"] for info in infos if "gap" in info]
+        for before, after, _ in zip(gaps, gaps[1:], infos[1:]):  # each stage but the last was followed by another
+            assert after > 0 and after <= (1 - pays) * before + 1e-9
+        stages.append(len(infos))
+        for (l, u), (l0, u0), (low, high) in zip(refined, given, exact_ranges(net, box)):
+            assert np.all(l <= low + 1e-7) and np.all(u >= high - 1e-7) and np.all(l >= l0) and np.all(u <= u0)
+    assert max(stages) == 1 if pays > 0 else max(stages) > 1

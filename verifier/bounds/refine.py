@@ -125,7 +125,8 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
     allows, then, with objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module
     docstring). Returns (bounds, info: "searches" (rows searched), "stabilized", "tightened" (bounds moved without
     a sign), "skipped" (both signs seen at known points), "domains", "unstable_before" / "unstable_after" /
-    "layer_seconds" (its search's time) per ReLU node, "seconds"). progress(domains, open domains, None): during
+    "layer_seconds" (its search's time) per ReLU node, "seconds", and "objective_lower" (k,): the objective rows'
+    alpha-CROWN bounds over the refined bounds, when that pass ran). progress(domains, open domains, None): during
     the searches (their lowest bounds are of the sign rows, not of the property). device: where the searches and
     the passes run (the points that show signs are found on the CPU)."""
     start = time.perf_counter()
@@ -167,8 +168,9 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
             info["domains"] += stats["domains"]
         info["layer_seconds"][t] = round(time.perf_counter() - now, 3)
     if objective is not None and info["stabilized"] + info["tightened"]:
-        bounds = dual.bound(network, box, *objective, reference=bounds, slopes="opt",
-                            time_limit=ALPHA_SHARE * (deadline - start), device=device).layer_bounds
+        result = dual.bound(network, box, *objective, reference=bounds, slopes="opt",
+                            time_limit=ALPHA_SHARE * (deadline - start), device=device)
+        bounds, info["objective_lower"] = result.layer_bounds, result.lower
     info["unstable_after"] = [int(((l < 0) & (u > 0)).sum()) for l, u in bounds[:n_relus]]
     info["seconds"] = round(time.perf_counter() - start, 3)
     return bounds, info
