@@ -327,7 +327,7 @@ def _refine_in_stages(network: Network, box: InputBox, prop: Property, layer_bou
     stage while the last one closed at least REFINE_PAYS of the gap below 0 of the rows' worst disjunct (alpha-CROWN
     over the layer bounds, before and after each stage) and left it open, at most REFINE_STAGES, with a stage's time
     and REFINE_MIN_SECONDS of search left after it. A refinement that pays on the first stage keeps paying on
-    MNIST 256x4 prop_0 eps 0.05 (the gap -2.18 -> -1.00 -> -0.50 in two stages of 67 s), and one that does not,
+    MNIST 256x4 prop_0 eps 0.05 (the worst bound -2.18 -> -1.00 -> -0.50 in two stages of 67 s), and one that does not,
     stops: marabou_cifar10 small index 9409, -3.55 -> -2.71 -> -2.70. Returns (bounds, the stages' infos)."""
     from .bounds import dual
     from .bounds.refine import refine_layer_bounds
