@@ -250,8 +250,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
     open_ = list(range(len(prop.disjuncts))) if open_ is None else list(open_)
-    C = np.vstack([prop.objective_rows(k)[0] for k in open_])
-    d = np.concatenate([prop.objective_rows(k)[1] for k in open_])
+    parts = [prop.objective_rows(k) for k in open_]
+    C, d = np.vstack([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
     if layer_bounds is None:
         layer_bounds = dual.bound(network, box, C, d, slopes="opt", device=device).layer_bounds
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
@@ -294,7 +294,8 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
                     trace["milp"] = still
                 return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
         else:
-            layer_bounds, stats["refine"] = _refine_in_stages(network, box, sub, layer_bounds, deadline,
+            ends = np.cumsum([len(part[1]) for part in parts])[:-1]  # where each disjunct's rows end in C, d
+            layer_bounds, stats["refine"] = _refine_in_stages(network, box, (C, d), ends, layer_bounds, deadline,
                                                               report("refining layer bounds"), device)
             root = by_node(network, layer_bounds)
         if trace is not None:
@@ -321,28 +322,26 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
 
 
-def _refine_in_stages(network: Network, box: InputBox, prop: Property, layer_bounds: list, deadline: float,
-                      progress: Callable | None, device) -> tuple[list, list]:
-    """`refine.refine_layer_bounds` for prop's rows in stages of REFINE_SHARE of the time left at the first: another
-    stage while the last one closed at least REFINE_PAYS of the gap below 0 of the rows' worst disjunct (alpha-CROWN
-    over the layer bounds, before and after each stage) and left it open, at most REFINE_STAGES, with a stage's time
-    and REFINE_MIN_SECONDS of search left after it. A refinement that pays on the first stage keeps paying on
-    MNIST 256x4 prop_0 eps 0.05 (the worst bound -2.18 -> -1.00 -> -0.50 in two stages of 67 s), and one that does not,
-    stops: marabou_cifar10 small index 9409, -3.55 -> -2.71 -> -2.70. Returns (bounds, the stages' infos)."""
+def _refine_in_stages(network: Network, box: InputBox, objective: tuple, ends: np.ndarray, layer_bounds: list,
+                      deadline: float, progress: Callable | None, device) -> tuple[list, list]:
+    """`refine.refine_layer_bounds` for the objective's rows (C (k, n_outputs), d (k,); the disjuncts' rows end at
+    `ends`, as for np.split) in stages of REFINE_SHARE of the time left at the first: another stage while the last
+    one closed at least REFINE_PAYS of the gap below 0 of the rows' worst disjunct (alpha-CROWN over the layer
+    bounds, before and after each stage) and left it open, at most REFINE_STAGES, with a stage's time and
+    REFINE_MIN_SECONDS of search left after it. A refinement that pays on the first stage keeps paying on MNIST 256x4
+    prop_0 eps 0.05 (the worst bound -2.18 -> -1.00 -> -0.50 in two stages of 67 s), and one that does not, stops:
+    marabou_cifar10 small index 9409, -3.55 -> -2.71 -> -2.70. Returns (bounds, the stages' infos)."""
     from .bounds import dual
     from .bounds.refine import refine_layer_bounds
 
-    C = np.vstack([prop.objective_rows(k)[0] for k in range(len(prop.disjuncts))])
-    d = np.concatenate([prop.objective_rows(k)[1] for k in range(len(prop.disjuncts))])
-    ends = np.cumsum([len(prop.objective_rows(k)[1]) for k in range(len(prop.disjuncts))])[:-1]
     worst = lambda lower: min(float(np.max(part)) for part in np.split(np.asarray(lower), ends)) - PROOF_MARGIN
     seconds = REFINE_SHARE * (deadline - time.perf_counter())
-    gap = -worst(dual.bound(network, box, C, d, slopes="opt", reference=layer_bounds, device=device,
+    gap = -worst(dual.bound(network, box, *objective, slopes="opt", reference=layer_bounds, device=device,
                             time_limit=seconds / 10).lower)
     infos: list = []
     while len(infos) < REFINE_STAGES and gap > 0:
         layer_bounds, info = refine_layer_bounds(network, box, layer_bounds, deadline=time.perf_counter() + seconds,
-                                                 objective=(C, d), progress=progress, device=device)
+                                                 objective=objective, progress=progress, device=device)
         infos.append(info)
         if "objective_lower" not in info:  # nothing moved
             break

@@ -176,10 +176,10 @@ class SplitDomains:
         The proof is the solver's checked one (DESIGN.md rule 2), as for every MILP."""
         layer_bounds = []
         for r in self.relus:
-            l, u = (x[0].double().clone() for x in self.root[r])
-            l[self.cols[r]], u[self.cols[r]] = used[0][self.slices[r]].double(), used[1][self.slices[r]].double()
-            l, u = l.cpu(), u.cpu()
-            layer_bounds.append((l.numpy(), u.numpy()))
+            l, u = (x[0].double().cpu().numpy().copy() for x in self.root[r])
+            cols = self.cols[r].cpu().numpy()
+            l[cols], u[cols] = (x[self.slices[r]].double().cpu().numpy() for x in used)
+            layer_bounds.append((l, u))
         if self.output_bounds is not None and len(layer_bounds) < len(relu_inputs(network)):
             layer_bounds.append(tuple(x.reshape(-1).double().cpu().numpy() for x in self.output_bounds))
         C = self.C[disjunct].reshape(self.C.shape[1], -1).cpu().numpy()

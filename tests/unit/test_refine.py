@@ -193,7 +193,8 @@ def test_refinement_in_stages_goes_on_only_while_it_pays(pays, monkeypatch):
         C = np.vstack([prop.objective_rows(k)[0] for k in range(net.n_outputs)])
         d = np.concatenate([prop.objective_rows(k)[1] for k in range(net.n_outputs)])
         gaps = [-(dual.bound(net, box, C, d, slopes="opt", reference=given).lower.min() - bab.PROOF_MARGIN)]
-        refined, infos = bab._refine_in_stages(net, box, prop, given, time.perf_counter() + 6, None, "cpu")
+        ends = np.arange(1, net.n_outputs)  # one row per disjunct
+        refined, infos = bab._refine_in_stages(net, box, (C, d), ends, given, time.perf_counter() + 6, None, "cpu")
         gaps += [info["gap"] for info in infos if "gap" in info]
         for before, after, _ in zip(gaps, gaps[1:], infos[1:]):  # each stage but the last was followed by another
             assert after > 0 and after <= (1 - pays) * before + 1e-9
