@@ -228,8 +228,9 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        after REFINE_AFTER of it at least REFINE_MIN_SECONDS and the search still open then, the root's layer bounds
        are refined (`refine.refine_layer_bounds`: the signs of a layer's unstable neurons settled by this search on
        the network cut at that layer; neurons proved stable are never split) for REFINE_SHARE of the time left, again
-       while that pays (`_refine_in_stages`; bounded again by alpha-CROWN over the refined bounds), and the search
-       starts again from the refined root, for the disjuncts the first search left open. The shares: docs/search.md.
+       while that pays (`_refine_in_stages`; bounded again by alpha-CROWN over the refined bounds; the neurons seen
+       on both sides are narrowed too), and the search starts again from the refined root, for the disjuncts the
+       first search left open. The shares: docs/search.md.
        With a single unstable layer the refinement has nothing to refine (the first layer's bounds are exact): the
        disjuncts still open after the root round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time
        left instead (trusted in a certificate like step 2's), and the search starts again for those disjuncts if it

@@ -68,7 +68,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            steps: int = STEPS, root_steps: int = ROOT_STEPS, dtype: torch.dtype = torch.float32,
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
            closed: list | None = None, only: Tensor | None = None, fair: bool = False, tuned_rows: int = TUNED_ROWS,
-           refute: Callable[[Tensor, Tensor], Tensor] | None = None,
+           refute: Callable[[Tensor, Tensor], Tensor] | None = None, bound_only: Tensor | None = None,
            progress: Callable[[int, int, float | None], None] | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
@@ -90,7 +90,10 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     refute get points there.
     refute(points (P, n), their disjuncts (P,)) -> (P,) bool, for such questions: which of the open domains' corners
     violate their own disjunct; a disjunct so refuted (or with a linear region left undecided) is dropped from the
-    search (marked in `still`). progress(domains bounded, open domains, their lowest bound): called every round.
+    search (marked in `still`). bound_only (K,) bool: disjuncts searched only for their lowest bound (refine.py's
+    rows of entries known to take both signs): never refuted, and a linear region of theirs closes with its LP's
+    (checked) lower bound, which their `lower` then includes.
+    progress(domains bounded, open domains, their lowest bound): called every round.
     The result's `lower` (K,): per searched disjunct, unless a violation ended the search or one of its domains was
     left undecided (then -inf, as for the disjuncts not searched), the lowest bound of its open domains (each
     domain's best row, minus PROOF_MARGIN), PROOF_MARGIN when none is open: a lower bound over the box of
@@ -106,6 +109,8 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0, "depth_first": 0}
     device = problem.device
     still = torch.zeros(rows.K, dtype=torch.bool, device=device)
+    floor = torch.full((rows.K,), torch.inf, dtype=torch.float64, device=device)  # bound_only's linear regions'
+    bound_only = torch.zeros_like(still) if bound_only is None else bound_only.to(device)
     disjunct = torch.arange(rows.K, device=device) if only is None else only.to(device).nonzero().flatten()
     splits = torch.zeros(len(disjunct), N, dtype=torch.int8, device=device)
     alpha = problem.start_alpha().expand(len(disjunct), M, -1)
@@ -122,7 +127,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
             key, _, of = pool.tensors[:3]
             lower[torch.ones(rows.K, dtype=torch.bool, device=device) if only is None else only.to(device)] = \
                 PROOF_MARGIN
-            lower = lower.scatter_reduce(0, of, key.double(), "amin")
+            lower = torch.minimum(lower.scatter_reduce(0, of, key.double(), "amin"), floor)
             lower[still] = -torch.inf  # a stuck domain left undecided: no bound
         stats["seconds"] = round(time.perf_counter() - start, 4)
         stats["last_layer_narrowing"] = round(problem.mean_narrowing(), 4)
@@ -155,18 +160,23 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
         if x is not None:
             return finish("violated", x)
         if refute is not None and bool(open_.any()):
-            still[disjunct[open_][refute(corners[:int(open_.sum())], disjunct[open_])]] = True
+            which = disjunct[open_]
+            still[which[refute(corners[:int(open_.sum())], which) & ~bound_only[which]]] = True
             open_ &= ~still[disjunct]
         score = problem.scores(splits, relax, record, row)
         stuck = (open_ & ~(score > 0).any(1)).nonzero().flatten()  # every splittable neuron split or stable
         for j in stuck.tolist():  # a linear region: its LP decides it
             if time.perf_counter() > deadline:
                 break
-            proved, x = problem.decide_region(network, tuple(x[j] for x in used), int(disjunct[j]), deadline)
+            k = int(disjunct[j])
+            proved, x, value = problem.decide_region(network, tuple(x[j] for x in used), k, deadline)
             found = None if proved or x is None else check(torch.as_tensor(x, device=device).reshape(1, -1))
             if found is not None:
                 return finish("violated", found)
-            still[disjunct[j]] |= not proved  # undecided: the caller's
+            if bool(bound_only[k]):
+                floor[k] = min(float(floor[k]), value - PROOF_MARGIN)
+            else:
+                still[k] |= not proved  # undecided: the caller's
             if proved and closed is not None:
                 closed.append(tuple(x[j:j + 1].cpu() for x in (splits, disjunct, alpha, beta)) + (True,))
             open_[j] = False

@@ -167,12 +167,13 @@ class SplitDomains:
         return self.narrowing[0] / max(self.narrowing[1], 1)
 
     def decide_region(self, network: Network, used: tuple, disjunct: int, deadline: float
-                      ) -> tuple[bool, np.ndarray | None]:
-        """Whether one domain is proved (every point of it is safe for the disjunct's conjunction), and the best
+                      ) -> tuple[bool, np.ndarray | None, float]:
+        """Whether one domain is proved (every point of it is safe for the disjunct's conjunction), the best
         point the solver met (a candidate counterexample: any point of the box below 0 is one, in the domain or
-        not). By `milp.min_max` deciding ``min_x max_rows > 0`` with the domain's layer bounds: the splittable
-        neurons' used (l, u) (N,) float64, the root's elsewhere (the split neurons' are clamped in them). For a
-        linear region (every neuron stable under these bounds) the MILP has no binary variable: one LP, exact.
+        not), and the solver's checked lower bound of ``max_rows`` over the domain. By `milp.min_max` deciding
+        ``min_x max_rows > 0`` with the domain's layer bounds: the splittable neurons' used (l, u) (N,) float64, the
+        root's elsewhere (the split neurons' are clamped in them). For a linear region (every neuron stable under
+        these bounds) the MILP has no binary variable: one LP, exact.
         The proof is the solver's checked one (DESIGN.md rule 2), as for every MILP."""
         layer_bounds = []
         for r in self.relus:
@@ -187,7 +188,7 @@ class SplitDomains:
         keep = np.isfinite(d)  # padding rows (d = -inf) impose nothing
         lower, _, x, status = milp.min_max(network, self.box, C[keep], d[keep], layer_bounds=layer_bounds,
                                            time_limit=max(deadline - time.perf_counter(), 0.0), decide=0.0)
-        return status == "pruned" or lower > PROOF_MARGIN, x
+        return status == "pruned" or lower > PROOF_MARGIN, x, float(lower)
 
     def _pass(self, relax: dict, sign: dict, C: Tensor, d: Tensor, a: Tensor, b: Tensor,
               record: dict | None = None) -> Tensor:

@@ -109,6 +109,40 @@ def test_rows_open_at_the_deadline_bound_the_exact_minimum():
     assert finite > 0 and above > 0
 
 
+def test_bound_only_rows_reach_the_exact_minimum_when_searched_to_the_end():
+    """Rows searched for their bound only (`bound_only`: never refuted; a linear region closes with its LP's bound),
+    with time to finish, on every unstable entry and side of the six dense nets' later layers: each row's bound
+    never above the exact minimum of ``side * z``, finite, and equal to it (to 1e-6) where the search ended (every
+    domain closed by its LP, or proved above the minimum: the lowest region's LP is the minimum)."""
+    exact_rows = 0
+    for _, net, box in networks():
+        for t, cut, given, entries, sides, exact in unstable_rows(net, box):
+            lower, stats = settle_signs(cut, box, given, entries, sides, time.perf_counter() + 20,
+                                        bound_only=np.ones(len(entries), bool))
+            assert np.all(np.isfinite(lower)) and np.all(lower <= exact + 1e-7)
+            exact_rows += int(np.sum(np.abs(lower - exact) <= 1e-6))
+            assert stats["stuck"] > 0  # linear regions were reached and closed by their LPs
+    assert exact_rows > 0
+
+
+def test_tightening_narrows_entries_that_take_both_signs_and_stays_sound():
+    """refine_layer_bounds (tighten, the default) also searches the entries seen on both sides (skipped with tighten
+    off): the bounds still contain the exact ranges, none wider than with it off, and some both-sided entry narrower
+    over the six dense nets."""
+    narrower = 0
+    for _, net, box in networks():
+        given = loose_bounds(net, box)
+        plain, info_plain = refine_layer_bounds(net, box, given, deadline=time.perf_counter() + 30, tighten=False)
+        tight, info = refine_layer_bounds(net, box, given, deadline=time.perf_counter() + 30)
+        assert info["skipped"] == 0 and info["searches"] >= info_plain["searches"]
+        for (l, u), (l0, u0), (low, high) in zip(tight, plain, exact_ranges(net, box)):
+            assert np.all(l <= low + 1e-7) and np.all(u >= high - 1e-7)
+            assert np.all(l >= l0 - 1e-9) and np.all(u <= u0 + 1e-9)
+            narrower += int(np.sum((l > l0 + 1e-6) & (low < 0) & (high > 0)) + np.sum((u < u0 - 1e-6) & (low < 0)
+                                                                                       & (high > 0)))
+    assert narrower > 0
+
+
 def test_alpha_pass_over_refined_bounds_stays_inside_them_and_sound():
     """The alpha-CROWN pass that ends the refinement (`dual.bound(..., reference=...)`): every layer bound inside the
     reference and around the exact range, the rows' bounds below their exact minima; and tighter than the

@@ -133,7 +133,7 @@ def test_inherited_bounds_and_the_lp_of_a_linear_region(seed, width, first):
     exact = domain_minimum(net, box, C[0], phases_of(net, problem, child[0]))
     assert float(lower[0, 0]) <= exact + 1e-7
     if np.isfinite(exact) and float(lower[0, 0]) < np.inf and abs(exact) > 1e-5:  # (not shown empty, no tie)
-        proved, x = problem.decide_region(net, tuple(x[0] for x in kept), 0, time.perf_counter() + 30)
+        proved, x, _ = problem.decide_region(net, tuple(x[0] for x in kept), 0, time.perf_counter() + 30)
         assert proved == (exact > 0)
         if exact < 0:  # the solver's point is a counterexample (in the box; in the domain or not)
             assert box.contains(x) and float(C[0] @ net.forward(x)) <= 0

@@ -10,12 +10,15 @@ unstable entries at once: one row per (entry, side), each a question of its own 
 For each ReLU node after the first (in order, so each layer's search uses the refined bounds of the layers before
 it), the unstable entries (l < 0 < u) share the time left with the later layers' (in proportion to their counts).
 A sign that a known point of the box already shows (the box's centre, points from signed-gradient steps that
-minimize and maximize each unstable entry) cannot be proved impossible: an entry seen on both sides is left as it
-is and costs nothing; a row whose search meets a point of the other sign (its domains' minimizing corners) is
-dropped. A row proved makes its neuron stable (l := 0 or u := 0); a row open at the layer's time limit still
-tightens its bound to its lowest open domain's (the best-first search raised it). Before a layer's search, once
-some bound before it moved, an adaptive pass of the bound engine with the refined bounds given re-bounds that layer
-and the later ones (intersected). A proof is the search's: float64 bounds above PROOF_MARGIN (split_domains.py).
+minimize and maximize each unstable entry) cannot be proved impossible: an entry seen on both sides is not asked
+about its sign. Its two rows are searched for their lowest bounds only (``tighten``, the default; never dropped:
+`relu_bab.search`'s bound_only), which narrows the range of a neuron that does take both signs (the later layers'
+bounds and the search's relaxation of it depend on it; docs/search.md, "Narrowing the neurons that take both
+signs"). A sign row whose search meets a point of the other sign (its domains' minimizing corners) is dropped. A
+row proved makes its neuron stable (l := 0 or u := 0); a row open at the layer's time limit still tightens its
+bound to its lowest open domain's (the best-first search raised it). Before a layer's search, once some bound
+before it moved, an adaptive pass of the bound engine with the refined bounds given re-bounds that layer and the
+later ones (intersected). A proof is the search's: float64 bounds above PROOF_MARGIN (split_domains.py).
 
 With the objective rows given, alpha-CROWN then bounds every layer again over the refined bounds (its
 intermediate slopes optimized for those rows, each layer intersected with the refined one: `dual.bound`'s
@@ -28,8 +31,11 @@ neuron (3 s each, closest to stable first) 66, -0.21..-0.34. prop_0 (45 / 86 / 5
 search per neuron (6 s) 50, -1.02..-1.93. This code, 140 s: prop_5 142 stable (layers 71 / 1 / 11 unstable after),
 rows +0.75..+0.84 (proved by the refinement alone); prop_0 42, -0.73..-1.07. The 11 rows of prop_5's last layer
 neither proved nor refuted after 50 s keep their share to the end: the refinement always takes its whole time.
-Searching also the rows whose sign a point shows (for their lowest open bound), prototyped at 100 s, cost prop_5
-its proof (rows -0.32..-0.51) for a small gain on prop_0 (-0.70..-1.21 against -0.80..-1.22 without).
+Searching also the rows whose sign a point shows (for their lowest open bound), first prototyped at 100 s in one
+go, cost prop_5 its proof (rows -0.32..-0.51) for a small gain on prop_0 (-0.70..-1.21 against -0.80..-1.22
+without). With the refinement as it is now (stages; the alpha-CROWN pass at the end) it is the default: prop_5
+keeps its time and prop_13 and prop_10 eps 0.05 are proved (docs/search.md, "Narrowing the neurons that take both
+signs").
 """
 from __future__ import annotations
 
@@ -91,13 +97,15 @@ def _tighten_by_pass(network: Network, box: InputBox, bounds: list, t: int, devi
 
 
 def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray, sides: np.ndarray,
-                 deadline: float, progress=None, device="cpu") -> tuple[np.ndarray, dict]:
+                 deadline: float, progress=None, device="cpu", bound_only: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, dict]:
     """Lower bounds over the box of ``sides[j] * z[entries[j]]`` (J,), z the (flat) output of `cut` (a network cut
     at the input of one of its ReLU nodes: `Network.upto`, float64), by one ReLU-split search (`relu_bab.search`)
     with cut's layer bounds (`interval.relu_inputs` layout of cut) and a row per (entry, side), taken in turn
     (``fair``) until the deadline (time.perf_counter()): > 0 where the sign is proved, -inf where a point of the box
     shows the other sign (or a linear region was left undecided), the row's lowest open bound otherwise. Also the
-    search's stats. progress: the search's (`relu_bab.search`). device: where the search runs."""
+    search's stats. progress: the search's (`relu_bab.search`). device: where the search runs. bound_only (J,) bool:
+    rows searched for their lowest bound only (entries known to take both signs: `relu_bab.search`'s)."""
     from .. import relu_bab
     from ..objective_rows import ObjectiveRows
 
@@ -114,12 +122,14 @@ def settle_signs(cut: Network, box: InputBox, bounds: list, entries: np.ndarray,
 
     zeros = torch.zeros(J, dtype=torch.float64, device=device)
     result = relu_bab.search(cut, lo, hi, ObjectiveRows(rows, zeros, J, 1), by_node(cut, bounds, device=device),
-                             deadline=deadline, check=lambda points: None, fair=True, refute=refute, progress=progress)
+                             deadline=deadline, check=lambda points: None, fair=True, refute=refute, progress=progress,
+                             bound_only=None if bound_only is None else torch.as_tensor(bound_only, device=device))
     return result.lower.cpu().numpy(), result.stats
 
 
 def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, deadline: float, seed: int = 0,
-                        objective: tuple | None = None, progress=None, device="cpu") -> tuple[list, dict]:
+                        objective: tuple | None = None, progress=None, device="cpu", tighten: bool = True
+                        ) -> tuple[list, dict]:
     """Layer bounds [(l, u)] flat per `interval.relu_inputs` node, with the unstable entries of every ReLU node
     after the first settled (or tightened) by one search per node where the time (deadline: time.perf_counter())
     allows, then, with objective rows (C (k, n_outputs), d (k,)), bounded again by alpha-CROWN for them (module
@@ -128,7 +138,8 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
     "layer_seconds" (its search's time) per ReLU node, "seconds", and "objective_lower" (k,): the objective rows'
     alpha-CROWN bounds over the refined bounds, when that pass ran). progress(domains, open domains, None): during
     the searches (their lowest bounds are of the sign rows, not of the property). device: where the searches and
-    the passes run (the points that show signs are found on the CPU)."""
+    the passes run (the points that show signs are found on the CPU). tighten: search the entries seen on both sides
+    too, for their bounds (module docstring; off, they are skipped)."""
     start = time.perf_counter()
     bounds = [(np.array(l, np.float64).reshape(-1), np.array(u, np.float64).reshape(-1)) for l, u in layer_bounds]
     n_relus = len(network.relu_nodes)
@@ -149,15 +160,17 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
         open_ = np.flatnonzero((l < 0) & (u > 0))
         # side +1: z_i > 0 everywhere (impossible once a point had z_i <= 0); side -1: z_i < 0 everywhere
         low, high = seen[t].min(0)[open_] > 0, seen[t].max(0)[open_] < 0
-        rows, sides = np.concatenate([open_[low], open_[high]]), np.repeat([1.0, -1.0], [low.sum(), high.sum()])
-        info["skipped"] += len(open_) - len(rows)
+        both = open_[~low & ~high] if tighten else open_[:0]
+        rows = np.concatenate([open_[low], open_[high], both, both])
+        sides = np.repeat([1.0, -1.0, 1.0, -1.0], [low.sum(), high.sum(), len(both), len(both)])
+        info["skipped"] += int(len(open_) - low.sum() - high.sum() - len(both))
         later = sum(int(((l_ < 0) & (u_ > 0)).sum()) for l_, u_ in bounds[t + 1:n_relus])
         if len(rows):  # the time left shared by the unstable entries of this layer and the later ones
             share = (deadline - now) * len(open_) / (len(open_) + later)
             done = info["domains"]
             report = None if progress is None else lambda domains, waiting, _: progress(done + domains, waiting, None)
             lower, stats = settle_signs(network.upto(k), box, bounds[:t + 1], rows, sides, min(now + share, deadline),
-                                        report, device)
+                                        report, device, bound_only=np.arange(len(rows)) >= len(rows) - 2 * len(both))
             up, proved = sides > 0, lower > 0
             moved = ~proved & (lower > np.where(up, l[rows], -u[rows]))  # z_i >= lower (side +1), -z_i >= lower
             l[rows[up & proved]], u[rows[~up & proved]] = 0.0, 0.0  # stable
