@@ -138,8 +138,8 @@ def test_tightening_narrows_entries_that_take_both_signs_and_stays_sound():
         for (l, u), (l0, u0), (low, high) in zip(tight, plain, exact_ranges(net, box)):
             assert np.all(l <= low + 1e-7) and np.all(u >= high - 1e-7)
             assert np.all(l >= l0 - 1e-9) and np.all(u <= u0 + 1e-9)
-            narrower += int(np.sum((l > l0 + 1e-6) & (low < 0) & (high > 0)) + np.sum((u < u0 - 1e-6) & (low < 0)
-                                                                                       & (high > 0)))
+            two_sided = (low < 0) & (high > 0)
+            narrower += int(np.sum((l > l0 + 1e-6) & two_sided) + np.sum((u < u0 - 1e-6) & two_sided))
     assert narrower > 0
 
 

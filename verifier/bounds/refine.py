@@ -160,9 +160,10 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
         open_ = np.flatnonzero((l < 0) & (u > 0))
         # side +1: z_i > 0 everywhere (impossible once a point had z_i <= 0); side -1: z_i < 0 everywhere
         low, high = seen[t].min(0)[open_] > 0, seen[t].max(0)[open_] < 0
-        both = open_[~low & ~high] if tighten else open_[:0]
+        both = open_[~low & ~high] if tighten else open_[:0]  # seen on both sides: searched for their bounds
         rows = np.concatenate([open_[low], open_[high], both, both])
-        sides = np.repeat([1.0, -1.0, 1.0, -1.0], [low.sum(), high.sum(), len(both), len(both)])
+        counts = [low.sum(), high.sum(), len(both), len(both)]
+        sides, bound_only = np.repeat([1.0, -1.0, 1.0, -1.0], counts), np.repeat([False, False, True, True], counts)
         info["skipped"] += int(len(open_) - low.sum() - high.sum() - len(both))
         later = sum(int(((l_ < 0) & (u_ > 0)).sum()) for l_, u_ in bounds[t + 1:n_relus])
         if len(rows):  # the time left shared by the unstable entries of this layer and the later ones
@@ -170,7 +171,7 @@ def refine_layer_bounds(network: Network, box: InputBox, layer_bounds: list, *, 
             done = info["domains"]
             report = None if progress is None else lambda domains, waiting, _: progress(done + domains, waiting, None)
             lower, stats = settle_signs(network.upto(k), box, bounds[:t + 1], rows, sides, min(now + share, deadline),
-                                        report, device, bound_only=np.arange(len(rows)) >= len(rows) - 2 * len(both))
+                                        report, device, bound_only)
             up, proved = sides > 0, lower > 0
             moved = ~proved & (lower > np.where(up, l[rows], -u[rows]))  # z_i >= lower (side +1), -z_i >= lower
             l[rows[up & proved]], u[rows[~up & proved]] = 0.0, 0.0  # stable
