@@ -116,11 +116,6 @@ def concretize(A: Tensor, const: Tensor, centre: Tensor, radius: Tensor, ball: B
     return torch.maximum(torch.maximum(box, at_ball), both)
 
 
-def _sum_over_shape(x: Tensor) -> Tensor:
-    """x (B, K, *shape) summed over the shape -> (B, K)."""
-    return x.reshape(*x.shape[:2], -1).sum(-1)
-
-
 def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: dict, centre: Tensor,
              radius: Tensor, alphas: dict | None = None, *, betas: dict | None = None, record: dict | None = None,
              ball: Ball | None = None) -> Tensor:
@@ -146,13 +141,15 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             r = relaxations[k]
             slope = r.lower_slope(None if alphas is None else alphas.get(k))
             pos, neg = A.clamp(min=0), A.clamp(max=0)
-            const = const + _sum_over_shape(neg * r.upper_offset)
+            offset = r.upper_offset.reshape(r.upper_offset.shape[0], -1, 1)  # (B or 1, n, 1)
+            const = const + (neg.reshape(*neg.shape[:2], -1) @ offset).squeeze(-1)
             parts = (pos * slope + neg * r.upper_slope,)
             if betas is not None and k in betas:
                 parts = (parts[0] + betas[k],)
         else:
             if node.op.offset is not None:
-                const = const + _sum_over_shape(A * node.op.offset)
+                offset = node.op.offset.expand(node.op.out_shape).reshape(-1)
+                const = const + A.reshape(*A.shape[:2], -1) @ offset
             lead = A.shape[:2]
             parts = tuple(p.reshape(*lead, *p.shape[1:])
                           for p in node.op.backward(A.reshape(-1, *node.op.out_shape)))
