@@ -11,7 +11,6 @@ runs; compare two versions of the code by running this script with PYTHONPATH se
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from verifier.bounds import dual
 from verifier.bounds.interval import by_node
 from verifier.objective_rows import ObjectiveRows
 from verifier.onnx import load_onnx
+from verifier.suite import read_instances
 from verifier.vnnlib import parse_vnnlib
 
 
@@ -48,18 +48,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    with open(args.suite / "instances.csv") as f:
-        rows = [r for r in csv.reader(f) if r and r[0] != "onnx"]
-    if args.select:
-        rows = [r for r in rows if any(s in f"{r[0]},{r[1]}" for s in args.select)]
-    else:
-        rows = rows[:3]
+    rows = read_instances(args.suite / "instances.csv")
+    rows = [r for r in rows if any(s in ",".join(r["name"]) for s in args.select)] if args.select else rows[:3]
     print(f"| instance | splittable | domains in {args.seconds:g} s (each run) | median domains / s |")
     print("| --- | --- | --- | --- |")
-    for onnx, vnnlib, *_ in rows:
-        runs = [rate(args.suite / onnx, args.suite / vnnlib, args.seconds) for _ in range(args.repeat)]
+    for row in rows:
+        runs = [rate(Path(row["onnx"]), Path(row["vnnlib"]), args.seconds) for _ in range(args.repeat)]
         counts = [domains for _, domains in runs]
-        name = f"{Path(onnx).stem} {Path(vnnlib).stem}"
+        name = f"{Path(row['onnx']).stem} {Path(row['vnnlib']).stem}"
         print(f"| {name} | {runs[0][0]} | {', '.join(map(str, counts))} | "
               f"{statistics.median(counts) / args.seconds:.1f} |", flush=True)
 
