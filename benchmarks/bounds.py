@@ -22,7 +22,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 
 from verifier import solvers
 from verifier.bounds import dual, encode, interval, lp
@@ -56,8 +55,7 @@ def load_problem(onnx_path: Path, vnnlib_path: Path):
     if len(pairs) != 1 or any(C.shape[0] != 1 for C, _ in pairs[0][1].disjuncts):
         raise SystemExit(f"{vnnlib_path}: expected one box and one row per disjunct")
     box, prop = pairs[0]
-    rows = [prop.objective_rows(k) for k in range(len(prop.disjuncts))]
-    return net, box, np.concatenate([C for C, _ in rows]), np.concatenate([d for _, d in rows])
+    return (net, box, *prop.stacked_rows())
 
 
 def timed(fn, repeats: int):

@@ -64,8 +64,7 @@ def main() -> None:
 
     net = load(args.onnx)
     (box, prop), = parse_vnnlib(args.vnnlib, net.n_inputs, net.n_outputs)
-    rows = [prop.objective_rows(k) for k in range(len(prop.disjuncts))]
-    C, d = np.vstack([c for c, _ in rows]), np.concatenate([o for _, o in rows])
+    C, d = prop.stacked_rows()
     print(f"{args.onnx.name} {args.vnnlib.name}: {net.summary()}, {C.shape[0]} rows, "
           f"box width {np.max(box.hi - box.lo):.4f}")
     runs = {

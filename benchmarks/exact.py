@@ -38,8 +38,7 @@ def load(suite: Path, prop: int):
     net = load_onnx(suite / "mnist_fc" / NET)
     [(box, spec)] = parse_vnnlib(suite / "mnist_fc" / "vnnlib" / f"prop_{prop}_0.03.vnnlib", net.n_inputs,
                                  net.n_outputs)
-    rows = [spec.objective_rows(k) for k in range(len(spec.disjuncts))]
-    return net, box, np.concatenate([C for C, _ in rows]), np.concatenate([d for _, d in rows])
+    return (net, box, *spec.stacked_rows())
 
 
 def verdict(res, onnx_path: Path, C: np.ndarray, d: np.ndarray) -> str:

@@ -43,8 +43,7 @@ def report(onnx: Path, vnnlib: Path, refine_seconds: float, top: int) -> None:
     """Print the leverage table of one instance (module docstring)."""
     network = load_onnx(onnx)
     box, prop = parse_vnnlib(vnnlib, network.n_inputs, network.n_outputs)[0]
-    parts = [prop.objective_rows(k) for k in range(len(prop.disjuncts))]
-    C, d = np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    C, d = prop.stacked_rows()
 
     def rows(bounds: list, slopes: str) -> float:
         return float(dual.bound(network, box, C, d, slopes=slopes, reference=bounds).lower.min())

@@ -15,7 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from verifier import relu_bab
@@ -31,8 +30,7 @@ def rate(onnx: Path, vnnlib: Path, seconds: float) -> tuple[int, int]:
     """(splittable neurons at the root, domains bounded in `seconds`) for the first (box, property) of vnnlib."""
     network = load_onnx(onnx).to("cpu", torch.float64)
     box, prop = parse_vnnlib(vnnlib, network.n_inputs, network.n_outputs)[0]
-    parts = [prop.objective_rows(k) for k in range(len(prop.disjuncts))]
-    C, d = np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    C, d = prop.stacked_rows()
     layer_bounds = dual.bound(network, box, C, d, slopes="opt").layer_bounds
     lo, hi = (torch.tensor(x, dtype=torch.float64).unsqueeze(0) for x in (box.lo, box.hi))
     result = relu_bab.search(network, lo, hi, ObjectiveRows.of(prop, network.n_outputs), by_node(network, layer_bounds),

@@ -251,8 +251,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
     open_ = list(range(len(prop.disjuncts))) if open_ is None else list(open_)
-    parts = [prop.objective_rows(k) for k in open_]
-    C, d = np.vstack([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
+    C, d = prop.stacked_rows(open_)
     if layer_bounds is None:
         layer_bounds = dual.bound(network, box, C, d, slopes="opt", device=device).layer_bounds
     sub = Property(tuple(prop.disjuncts[k] for k in open_))
@@ -295,7 +294,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
                     trace["milp"] = still
                 return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
         else:
-            ends = np.cumsum([len(part[1]) for part in parts])[:-1]  # where each disjunct's rows end in C, d
+            ends = np.cumsum([len(prop.disjuncts[k][1]) for k in open_])[:-1]  # where each disjunct's rows end in C, d
             layer_bounds, stats["refine"] = _refine_in_stages(network, box, (C, d), ends, layer_bounds, deadline,
                                                               report("refining layer bounds"), device)
             root = by_node(network, layer_bounds)
@@ -369,8 +368,7 @@ def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int
         left = deadline - time.perf_counter()
         if left <= 0:
             return TIMEOUT, None, stats
-        C = np.vstack([prop.objective_rows(k)[0] for k in members])
-        d = np.concatenate([prop.objective_rows(k)[1] for k in members])
+        C, d = prop.stacked_rows(members)
         limit = max(left - 0.25, 0.01)
         if mode == "decide":  # some single row below 0 somewhere?
             result = milp.bound(network, box, C, d, layer_bounds=layer_bounds, time_limit=limit, decide=0.0)

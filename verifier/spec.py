@@ -231,6 +231,11 @@ class Property:
         C, d = self.disjuncts[k]
         return C, -d
 
+    def stacked_rows(self, ks=None) -> tuple[np.ndarray, np.ndarray]:
+        """The objective rows of disjuncts ks (default: all), stacked: C (sum of their rows, n_outputs), d (same)."""
+        rows = [self.objective_rows(k) for k in (range(len(self.disjuncts)) if ks is None else ks)]
+        return np.vstack([C for C, _ in rows]), np.concatenate([d for _, d in rows])
+
     def unsafe_value(self, y: np.ndarray) -> np.ndarray:
         """``min_k max_rows (C_k y - d_k)`` for outputs y (n_out,) or (N, n_out): <= 0 exactly where y is unsafe."""
         y = np.asarray(y, dtype=np.float64)

@@ -195,11 +195,10 @@ def _high_dimensional(network, box, prop, deadline, seed, checker, stats, phase,
 def _open_disjuncts(network: Network, box: InputBox, prop: Property, open_: list[int], slopes: str,
                     time_limit: float | None = None, device: str = "cpu") -> tuple[list[int], list]:
     """The disjuncts (indices) one dual pass over all their rows cannot rule out, and its layer bounds."""
-    rows = [prop.objective_rows(k) for k in open_]
-    C, d = np.vstack([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+    C, d = prop.stacked_rows(open_)
     options = {"device": device} if time_limit is None else {"time_limit": time_limit, "device": device}
     result = bound(network, box, C, d, method="dual", slopes=slopes, **options)
-    ends = np.cumsum([len(r[1]) for r in rows])[:-1]
+    ends = np.cumsum([len(prop.disjuncts[k][1]) for k in open_])[:-1]
     return ([k for k, part in zip(open_, np.split(result.lower, ends)) if not np.any(proves(part))],
             result.layer_bounds)
 

@@ -98,3 +98,14 @@ def test_property_objective_rows_sign():
     y = np.array([3.0, 1.0])  # C y = 2 > 0.5: safe, objective 1.5 > 0
     np.testing.assert_allclose(C @ y + d, [1.5])
     assert not prop.violated_by(y)
+
+
+def test_property_stacked_rows_are_the_disjuncts_rows_in_order():
+    prop = Property(((np.array([[1.0, -1.0]]), np.array([0.5])),
+                     (np.array([[0.0, 1.0], [2.0, 0.0]]), np.array([1.0, -2.0]))))
+    C, d = prop.stacked_rows()
+    np.testing.assert_array_equal(C, [[1.0, -1.0], [0.0, 1.0], [2.0, 0.0]])
+    np.testing.assert_array_equal(d, [-0.5, -1.0, 2.0])
+    C1, d1 = prop.stacked_rows([1])
+    np.testing.assert_array_equal(C1, C[1:])
+    np.testing.assert_array_equal(d1, d[1:])
