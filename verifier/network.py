@@ -353,14 +353,11 @@ def dense_graph(weights: list, relu_after: list[bool]) -> Network:
 
 
 def random_network(sizes: list[int], rng: np.random.Generator, relu_on_output: bool = False,
-                   scale: float = 1.0, float32: bool = False) -> Network:
-    """A random fully connected ReLU net with the given layer sizes [n_in, h1, ..., n_out] (for tests); float32:
-    its weights and biases float32 numbers, as in ONNX files."""
+                   scale: float = 1.0) -> Network:
+    """A random fully connected ReLU net with the given layer sizes [n_in, h1, ..., n_out] (for tests)."""
     layers: list = []
-    as_float32 = (lambda x: x.astype(np.float32).astype(np.float64)) if float32 else (lambda x: x)
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-        layers.append(Affine(as_float32(rng.normal(size=(n_out, n_in)) * scale / np.sqrt(n_in)),
-                             as_float32(rng.normal(size=n_out) * 0.1)))
+        layers.append(Affine(rng.normal(size=(n_out, n_in)) * scale / np.sqrt(n_in), rng.normal(size=n_out) * 0.1))
         if i < len(sizes) - 2 or relu_on_output:
             layers.append(ReLU())
     return Network(tuple(layers))

@@ -23,11 +23,8 @@ with, per domain:
   optimized; the others keep their warm starts, and every row gets the round's final pass.
 
 Soundness: float64 passes without directed rounding, like every bound here; a proof needs ``lower > PROOF_MARGIN``.
-The Adam steps may run in float32 (`SplitDomains`' dtype) between float64 passes: the layer bounds and the bound
-each round ends with, from the best float32 iterate's slopes and multipliers, are float64. The re-tightening passes
-run in float32 where `rounding.exact_in_float32` allows (dense networks with float32 weights, as from ONNX), each
-bound less a bound on its rounding error (bounds/rounding.py: Higham's, for every product and sum of the pass), so
-no bound rests on an unaccounted float32 rounding (RETIGHTEN_FLOAT32; measured: docs/search.md).
+The Adam steps may run in float32 (`SplitDomains`' dtype) between float64 passes: the layer bounds (re-tightening
+included) and the bound each round ends with, from the best float32 iterate's slopes and multipliers, are float64.
 A linear region (every splittable neuron split or stable) is decided by one LP (`SplitDomains.decide_region`).
 Every tensor lives on the device of the box given (CPU or GPU); the LP and the candidates' checks run on the CPU.
 """
@@ -43,7 +40,6 @@ from .bounds import engine, milp
 from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
 from .bounds.interval import relu_inputs
-from .bounds.rounding import exact_in_float32
 from .network import Network
 from .spec import InputBox
 
@@ -51,7 +47,6 @@ Tensor = torch.Tensor
 EMPTY_MARGIN = 1e-9  # bounds crossing by more than this (relative) mean an empty domain; less can be rounding
 STOP_SHARE = 8  # a round's Adam steps drop the domains its tuned rows prove once they are 1/8 of it (0: never)
 RETIGHTEN_LAYERS = 1  # ReLU layers after a domain's newest split whose inputs are bounded again (see relaxations)
-RETIGHTEN_FLOAT32 = True  # those passes in float32, made sound (bounds/rounding.py), where the network allows it
 LAST_LAYER_WEIGHT = 10.0  # factor of the last ReLU layer's branching scores once re-tightening its inputs is seen
 RETIGHTEN_PAYS = 0.02  # to narrow them by less than this on average, over at least this many unstable entries:
 NARROWING_SAMPLES = 1000  # `SplitDomains.last_layer_weight`
@@ -60,9 +55,8 @@ NARROWING_SAMPLES = 1000  # `SplitDomains.last_layer_weight`
 class SplitDomains:
     """The fixed parts of a search: the network, the box, the rows per disjunct (C (K, M, *out_shape), d (K, M)),
     the root's layer bounds and which neurons can be split (root-unstable: per ReLU node r, flat indices cols[r];
-    concatenated, N of them). Layer bounds and the bound each round ends with are float64 (the re-tightening's from
-    sound float32 passes where self.float32 is a network); dtype: of the optimization steps in between (float32: see
-    `search`)."""
+    concatenated, N of them). Layer bounds and the bound each round ends with are float64; dtype: of the
+    optimization steps in between (float32: see `search`)."""
 
     def __init__(self, network: Network, lo: Tensor, hi: Tensor, rows, root: dict,
                  dtype: torch.dtype = torch.float64, retighten: bool = True) -> None:
@@ -70,7 +64,6 @@ class SplitDomains:
         self.network = network.to(device, torch.float64)
         self.fast = self.network if dtype == torch.float64 else network.to(device, dtype)
         self.dtype, self.retighten = dtype, retighten
-        self.float32 = network.to(device, torch.float32) if RETIGHTEN_FLOAT32 and exact_in_float32(network) else None
         self.centre, self.radius = ((lo + hi) / 2).double(), ((hi - lo) / 2).double()
         self.box = InputBox(lo[0].double().cpu().numpy(), hi[0].double().cpu().numpy())
         self.relus = list(network.relu_nodes)
@@ -105,11 +98,10 @@ class SplitDomains:
         The root's bounds, or the parent domains' (inherited (l, u) (B, N): valid, as a child's inputs are some of
         its parent's), with the split neurons' made exact; with self.retighten, the inputs of the RETIGHTEN_LAYERS
         ReLU layers after the newest split's (newest (B,): its position in self.relus) are bounded again per domain
-        (interval arithmetic and a backward pass for their unstable entries, as at the root; the pass in float32 less
-        its rounding error where self.float32 is a network) and intersected with those: a split tightens the bounds
-        of the layer after it, not only its own neuron. The other layers keep the inherited bounds (up to the
-        split's, the pass would give them what it gave the parent), so a split in the last ReLU layer costs no pass
-        at all. Measured on MNIST 256x4 (one torch thread, loaded machine):
+        (interval arithmetic and a backward pass for their unstable entries, as at the root) and intersected with
+        those: a split tightens the bounds of the layer after it, not only its own neuron. The other layers keep
+        the inherited bounds (up to the split's, the pass would give them what it gave the parent), so a split in
+        the last ReLU layer costs no pass at all. Measured on MNIST 256x4 (one torch thread, loaded machine):
         prop_3 eps 0.05 proved in 10.0 / 10.2 s with one layer, 14.4 / 12.4 s with every later layer; in 60 s
         runs of prop_11 / prop_14 / prop_13, 14157 / 9415 / 4041 domains against 8975 / 3513 / 2473."""
         B = splits.shape[0]
@@ -137,7 +129,7 @@ class SplitDomains:
                 exact = {self.network.nodes[r].inputs[0]: part[self.network.nodes[r].inputs[0]]
                          for r in self.relus[:last + 1] + self.relus[last + 1 + RETIGHTEN_LAYERS:]}
                 new, _ = engine.node_bounds(self.network, lo.expand(idx.numel(), -1), hi.expand(idx.numel(), -1),
-                                            "adaptive", exact, reference=part, output_pass=False, float32=self.float32)
+                                            "adaptive", exact, reference=part, output_pass=False)
                 for k in later:
                     bounds[k] = tuple(x.index_copy(0, idx, y) for x, y in zip(bounds[k], new[k]))
                     if k == self.last_input:
@@ -275,13 +267,12 @@ class SplitDomains:
         alpha, beta (B, M, N) warm starts; inherited, newest: see `relaxations`. Returns (lower, alpha, beta (the
         best iterate per row, in self.dtype), the final pass's record (`engine.backward`: rows reaching each ReLU,
         input coefficients (B, M, n)), the relaxations {r: (B, 1, *shape)}, the splittable neurons' bounds (l, u)
-        (B, N)). No step starts after `deadline` (time.perf_counter()); every iterate is sound. The returned bounds
-        come from float64 passes (the layer bounds too, or sound float32 ones), whatever self.dtype the steps took.
-        tuned (B, R): the rows whose alpha and beta the steps optimize (default all); the others keep their warm
-        starts, and every row gets the final pass: only one row of a conjunction need prove a domain, and the
-        parent's best rows are the likeliest. A domain whose tuned rows prove it stops stepping (its best iterate
-        kept), once such domains are 1/STOP_SHARE of those stepping: the others' steps run on a smaller batch
-        (measured: docs/search.md)."""
+        (B, N)). No step starts after `deadline` (time.perf_counter()); every iterate is sound. The layer bounds
+        and the returned bounds come from float64 passes, whatever self.dtype the steps took. tuned (B, R): the
+        rows whose alpha and beta the steps optimize (default all); the others keep their warm starts, and every row
+        gets the final pass: only one row of a conjunction need prove a domain, and the parent's best rows are the
+        likeliest. A domain whose tuned rows prove it stops stepping (its best iterate kept), once such domains are
+        1/STOP_SHARE of those stepping: the others' steps run on a smaller batch (measured: docs/search.md)."""
         with torch.no_grad():
             relax, sign, empty, used = self.relaxations(splits, inherited, newest)
         C, d = self.C[disjunct], self.d[disjunct]

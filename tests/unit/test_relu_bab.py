@@ -59,11 +59,9 @@ def phases_of(net: Network, problem: SplitDomains, splits: torch.Tensor) -> dict
     return phases
 
 
-def setup(seed: int, sizes: list[int], radius: float = 0.6, float32_weights: bool = False):
-    """A random net and box; float32_weights: the net's weights float32 numbers, as in ONNX files (the search's
-    re-tightening passes then run in float32, made sound: bounds/rounding.py)."""
+def setup(seed: int, sizes: list[int], radius: float = 0.6):
     rng = np.random.default_rng(seed)
-    net = random_network(sizes, rng, float32=float32_weights)
+    net = random_network(sizes, rng)
     centre = rng.normal(size=sizes[0])
     box = InputBox(centre - radius, centre + radius)
     return rng, net, box
@@ -77,12 +75,12 @@ def root_of(net: Network, box: InputBox, C: np.ndarray, d: np.ndarray) -> dict:
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10**6), depth=st.integers(1, 2), width=st.integers(2, 5), n_splits=st.integers(0, 3),
-       float32=st.booleans(), float32_weights=st.booleans())
-@example(seed=0, depth=2, width=2, n_splits=1, float32=False, float32_weights=False)  # a one-point layer whose
-# bounds, computed two ways, crossed by 1e-17
-def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits, float32, float32_weights):
+       float32=st.booleans())
+@example(seed=0, depth=2, width=2, n_splits=1, float32=False)  # a one-point layer whose bounds, computed two ways,
+# crossed by 1e-17
+def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits, float32):
     """With the Adam steps in float32 too: the bounds returned are float64 passes, below each domain's minimum."""
-    rng, net, box = setup(seed, [3] + [width] * depth + [2], float32_weights=float32_weights)
+    rng, net, box = setup(seed, [3] + [width] * depth + [2])
     assume(net.n_relus <= 10)
     C, d = rng.normal(size=(2, 2)), np.zeros(2)
     prop = Property(((C[:1], np.zeros(1)), (C[1:], np.zeros(1))))
@@ -110,11 +108,11 @@ def test_beta_bounds_stay_below_the_domain_minimum(seed, depth, width, n_splits,
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 10**6), width=st.integers(2, 4), first=st.integers(0, 3), float32_weights=st.booleans())
-def test_inherited_bounds_and_the_lp_of_a_linear_region(seed, width, first, float32_weights):
+@given(seed=st.integers(0, 10**6), width=st.integers(2, 4), first=st.integers(0, 3))
+def test_inherited_bounds_and_the_lp_of_a_linear_region(seed, width, first):
     """A child bounded from its parent's bounds (only the layers after its newest split bounded again) stays below
     its exact minimum; once every splittable neuron is split, one LP (`decide_region`) decides it exactly."""
-    rng, net, box = setup(seed, [3, width, width, 2], float32_weights=float32_weights)
+    rng, net, box = setup(seed, [3, width, width, 2])
     C = rng.normal(size=(1, 2))
     rows = ObjectiveRows.of(Property(((C, np.zeros(1)),)), 2)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
@@ -172,11 +170,11 @@ def brute_min(net: Network, box: InputBox, C: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10**6), width=st.integers(3, 5), disjuncts=st.integers(1, 2),
-       shift=st.floats(-0.3, 0.3), float32=st.booleans(), top_k=st.sampled_from([1, 3]), float32_weights=st.booleans())
-def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift, float32, top_k, float32_weights):
+       shift=st.floats(-0.3, 0.3), float32=st.booleans(), top_k=st.sampled_from([1, 3]))
+def test_search_alone_never_gives_a_wrong_verdict(seed, width, disjuncts, shift, float32, top_k):
     """float32 steps: every bound that proves is a float64 pass, so a verdict never rests on float32; the
     branching rule (score alone or smart branching) changes the order, never the answer."""
-    rng, net, box = setup(seed, [3, width, width, 3], float32_weights=float32_weights)
+    rng, net, box = setup(seed, [3, width, width, 3])
     assume(abs(shift) > 1e-6)
     C = rng.normal(size=(disjuncts, 3))
     exact = brute_min(net, box, C)

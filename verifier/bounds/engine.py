@@ -37,7 +37,6 @@ import torch
 from .. import ops
 from ..network import Network
 from ..norms import ball_box_lower, dual_norm
-from . import rounding
 from .interval import interval_step
 
 Tensor = torch.Tensor
@@ -119,7 +118,7 @@ def concretize(A: Tensor, const: Tensor, centre: Tensor, radius: Tensor, ball: B
 
 def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: dict, centre: Tensor,
              radius: Tensor, alphas: dict | None = None, *, betas: dict | None = None, record: dict | None = None,
-             ball: Ball | None = None, magnitudes: dict | None = None) -> Tensor:
+             ball: Ball | None = None) -> Tensor:
     """Lower bound (B, K) of ``<A, v_top> + const`` over the boxes (each intersected with ball, when given:
     `concretize`), v_top the values of node `top`.
 
@@ -129,13 +128,9 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     ``<beta, z>`` of split constraints, see split_domains.py). record: a dict filled with the rows reaching each ReLU
     node {id: (B or 1, K, *shape)} (before its relaxation), the input coefficients {0: (B or 1, K, n_inputs)}
     (zeros when the rows do not reach the input) and under "const" the rows' constant (B or 1, K): on the boxes,
-    ``<A, v_top> + const >= <record[0], x> + record["const"]``. magnitudes {node id: (B or 1, *shape)} bounds of |v|
-    for every node before top (not with betas, record or ball): the pass may then run in float32 (A's dtype; the
-    box stays float64) and the bound returned, in float64, is made sound for its rounding (bounds/rounding.py).
+    ``<A, v_top> + const >= <record[0], x> + record["const"]``.
     """
-    if magnitudes is not None and (betas is not None or record is not None or ball is not None):
-        raise ValueError("a float32 pass's rounding is bounded without betas, record or ball only")
-    rows, error = {top: A}, None if magnitudes is None else torch.zeros_like(const)
+    rows = {top: A}
     for k in range(top, 0, -1):
         if k not in rows:
             continue
@@ -148,11 +143,9 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             neg = A.clamp(max=0)
             offset = r.upper_offset.reshape(r.upper_offset.shape[0], -1, 1)  # (B or 1, n, 1)
             const = const + (neg.reshape(*neg.shape[:2], -1) @ offset).squeeze(-1)
-            if error is not None:
-                error = error + rounding.relu_error(A, r, magnitudes[node.inputs[0]], const)
             if A.requires_grad:  # the subgradient of the clamps, which the optimization steps were tuned with
                 parts = (A.clamp(min=0) * slope + neg * r.upper_slope,)
-            else:  # the same values in fewer passes over A
+            else:  # the same values in fewer passes over A (docs/search.md, "A ReLU step in fewer passes")
                 parts = (torch.addcmul(A * slope, neg, r.upper_slope - slope),)
             if betas is not None and k in betas:
                 parts = (parts[0] + betas[k],)
@@ -160,8 +153,6 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             if node.op.offset is not None:
                 offset = node.op.offset.expand(node.op.out_shape).reshape(-1)
                 const = const + A.reshape(*A.shape[:2], -1) @ offset
-            if error is not None:
-                error = error + rounding.linear_error(node.op, A, [magnitudes[i] for i in node.inputs], const)
             lead = A.shape[:2]
             parts = tuple(p.reshape(*lead, *p.shape[1:])
                           for p in node.op.backward(A.reshape(-1, *node.op.out_shape)))
@@ -170,18 +161,15 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
     A = rows[0].reshape(*rows[0].shape[:2], -1) if 0 in rows else torch.zeros_like(centre).unsqueeze(1)
     if record is not None:
         record.update({0: A, "const": const})
-    if error is not None:
-        return rounding.concretize(A, const, centre, radius, error)
     return concretize(A, const, centre, radius, ball)
 
 
 def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, centre: Tensor, radius: Tensor,
-                  alphas: dict | None = None, ball: Ball | None = None, magnitudes: dict | None = None
-                  ) -> tuple[Tensor, Tensor]:
+                  alphas: dict | None = None, ball: Ball | None = None) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds (B, m) of the entries idx (m,) of node k's flat values: one backward pass with the
-    rows +e_i then -e_i (alphas: lower slopes for those 2m rows, as `backward` takes them; magnitudes: see there)."""
+    rows +e_i then -e_i (alphas: lower slopes for those 2m rows, as `backward` takes them)."""
     node, m = network.nodes[k], idx.numel()
-    dtype, device = centre.dtype if magnitudes is None else torch.float32, centre.device
+    dtype, device = centre.dtype, centre.device
     if isinstance(node.op, (ops.Dense, ops.Conv2d)):  # the rows +-e_i through the map: its rows +-W_i (cheaper)
         top, weight = node.inputs[0], node.op.rows(idx)
         offset = node.op.offset
@@ -194,21 +182,17 @@ def _entry_bounds(network: Network, k: int, idx: Tensor, relaxations: dict, cent
         eye[torch.arange(m), idx] = 1.0
         top, A = k, torch.cat([eye, -eye]).reshape(1, 2 * m, *node.op.out_shape)
         const = torch.zeros(1, 2 * m, dtype=dtype, device=device)
-    low = backward(network, top, A, const, relaxations, centre, radius, alphas, ball=ball, magnitudes=magnitudes)
+    low = backward(network, top, A, const, relaxations, centre, radius, alphas, ball=ball)
     return low[:, :m], -low[:, m:]
 
 
 def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, relaxations: dict,
              centre: Tensor, radius: Tensor, fixed: tuple | None = None, straight_through: bool = False,
-             ball: Ball | None = None, in_float32: tuple | None = None) -> tuple[Tensor, Tensor]:
+             ball: Ball | None = None) -> tuple[Tensor, Tensor]:
     """Bounds (B, *shape) of node k intersected with backward passes from it (MAX_ENTRIES entries per pass, to
     bound the memory), for the entries unstable in some box (all entries when all_entries); each box keeps its
     own stable entries as they were. fixed: (entries idx (m,), alphas for their 2m rows) instead, in one pass.
-    straight_through: the value of the intersection with the gradient of the pass (see bounds/alpha.py).
-    in_float32: (the network in float32, magnitudes, relaxations in float32) for float32 passes (`backward`)."""
-    magnitudes = None
-    if in_float32 is not None:
-        network, magnitudes, relaxations = in_float32
+    straight_through: the value of the intersection with the gradient of the pass (see bounds/alpha.py)."""
     flat_l, flat_u = l.reshape(l.shape[0], -1), u.reshape(u.shape[0], -1)
     if fixed is None:
         need = torch.ones_like(flat_l[0], dtype=torch.bool) if all_entries else ((flat_l < 0) & (flat_u > 0)).any(0)
@@ -218,8 +202,7 @@ def _tighten(network: Network, k: int, l: Tensor, u: Tensor, all_entries: bool, 
     if idx.numel() == 0:
         return l, u
     chunks = idx.split(MAX_ENTRIES) if alphas is None else (idx,)
-    parts = [_entry_bounds(network, k, chunk, relaxations, centre, radius, alphas, ball, magnitudes)
-             for chunk in chunks]
+    parts = [_entry_bounds(network, k, chunk, relaxations, centre, radius, alphas, ball) for chunk in chunks]
     low, up = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
     new_l, new_u = torch.maximum(flat_l[:, idx], low), torch.minimum(flat_u[:, idx], up)
     if not all_entries:  # the union over the batch was bounded: each box keeps its own stable entries
@@ -266,8 +249,7 @@ def bounded_by_pass(network: Network, k: int) -> bool:
 
 def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive", given: dict | None = None, *,
                 reference: dict | None = None, alphas: dict | None = None, straight_through: bool = False,
-                output_pass: bool = True, ball: Ball | None = None, float32: Network | None = None
-                ) -> tuple[dict, dict]:
+                output_pass: bool = True, ball: Ball | None = None) -> tuple[dict, dict]:
     """Bounds {node id: (l, u) (B, *shape)} of every node (module docstring), and the ReLU relaxations {ReLU
     node id: Relaxation} (slopes `rule`). given: {node id: (l, u)} used exactly (not recomputed) for ReLU inputs,
     intersected with the computed ones elsewhere. For alpha-CROWN (bounds/alpha.py): reference {node id: (l, u)}
@@ -275,9 +257,7 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
     bounds exactly those entries with those slopes; straight_through see `_tighten`; output_pass False leaves the
     output node at its interval bounds. ball: each box intersected with this ball (`concretize`); the nodes fed by
     the input alone then get a pass too, on all their entries (the ball's bounds of their rows ``W_i x0 + b_i -
-    eps ||W_i||_*``, intersected with the interval ones). float32: the network in float32 (`rounding.exact_in_float32`
-    must hold): the backward passes of the ReLU inputs then run in float32, made sound for their rounding (not for
-    the entries of alphas, nor with straight_through or ball)."""
+    eps ||W_i||_*``, intersected with the interval ones)."""
     given, reference, alphas = given or {}, reference or {}, alphas or {}
     centre, radius = (lo + hi) / 2, (hi - lo) / 2
     pre_activation = pre_activations(network)
@@ -295,13 +275,8 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
                     l, u = torch.maximum(l, extra[0]), torch.minimum(u, extra[1])
             first = ball is not None and _after_input(network, k) and (k == network.output or k in pre_activation)
             if (bounded_by_pass(network, k) or first) and (output_pass or k in pre_activation):
-                in_float32 = None
-                if float32 is not None and k in pre_activation and k not in alphas and not straight_through \
-                        and ball is None:
-                    in_float32 = (float32, rounding.magnitudes(bounds, k),
-                                  {r: x.to(torch.float32) for r, x in relaxations.items()})
                 l, u = _tighten(network, k, l, u, k not in pre_activation or first, relaxations, centre, radius,
-                                alphas.get(k), straight_through, ball, in_float32)
+                                alphas.get(k), straight_through, ball)
         bounds[k] = (l, u)
         if isinstance(node.op, ops.ReLU):
             relaxations[k] = relax(*bounds[node.inputs[0]], rule)
