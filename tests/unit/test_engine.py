@@ -111,6 +111,22 @@ def test_empty_and_stable_intervals_are_consistent():
     assert r.upper_slope.flatten().tolist() == [1.0, 0.0, 0.75, 0.0, 0.0]
 
 
+def test_the_relu_step_gives_the_same_bound_with_and_without_a_gradient(graph):
+    """Without a gradient the ReLU step is one addcmul, with one the clamps' form (whose subgradient the Adam steps
+    use): the same values, up to float64 rounding, and the gradient's path is the clamps'."""
+    box = box_around(graph, 6, 0.1)
+    lo, hi = (torch.tensor(v)[None] for v in (box.lo, box.hi))
+    bounds, relaxations = engine.node_bounds(graph, lo, hi, "wk")
+    C = torch.tensor(margin_rows(0, graph.n_outputs)[0]).reshape(1, -1, *graph.output_shape)
+    const = torch.zeros(1, C.shape[1], dtype=torch.float64)
+    args = (graph, graph.output, C, const, relaxations, (lo + hi) / 2, (hi - lo) / 2)
+    with torch.no_grad():
+        plain = engine.backward(*args)
+    tracked = engine.backward(graph, graph.output, C.clone().requires_grad_(), *args[3:])
+    assert tracked.requires_grad
+    np.testing.assert_allclose(plain.numpy(), tracked.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
 def test_optimized_slopes_are_sound_and_not_worse(graph):
     box = box_around(graph, 4, 0.1)
     C, d = margin_rows(0, graph.n_outputs)
