@@ -116,7 +116,7 @@ def test_the_relu_step_gives_the_same_bound_with_and_without_a_gradient(graph):
     use): the same values, up to float64 rounding, and the gradient's path is the clamps'."""
     box = box_around(graph, 6, 0.1)
     lo, hi = (torch.tensor(v)[None] for v in (box.lo, box.hi))
-    bounds, relaxations = engine.node_bounds(graph, lo, hi, "wk")
+    _, relaxations = engine.node_bounds(graph, lo, hi, "wk")
     C = torch.tensor(margin_rows(0, graph.n_outputs)[0]).reshape(1, -1, *graph.output_shape)
     const = torch.zeros(1, C.shape[1], dtype=torch.float64)
     args = (graph, graph.output, C, const, relaxations, (lo + hi) / 2, (hi - lo) / 2)

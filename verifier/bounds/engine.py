@@ -143,7 +143,7 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             neg = A.clamp(max=0)
             offset = r.upper_offset.reshape(r.upper_offset.shape[0], -1, 1)  # (B or 1, n, 1)
             const = const + (neg.reshape(*neg.shape[:2], -1) @ offset).squeeze(-1)
-            if A.requires_grad:  # the subgradient of the clamps, which the optimization steps were tuned with
+            if torch.is_grad_enabled():  # the clamps: the values and subgradient the Adam steps were tuned with
                 parts = (A.clamp(min=0) * slope + neg * r.upper_slope,)
             else:  # the same values in fewer passes over A (docs/search.md, "A ReLU step in fewer passes")
                 parts = (torch.addcmul(A * slope, neg, r.upper_slope - slope),)
