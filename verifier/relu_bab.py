@@ -69,7 +69,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
            closed: list | None = None, only: Tensor | None = None, fair: bool = False, tuned_rows: int = TUNED_ROWS,
            refute: Callable[[Tensor, Tensor], Tensor] | None = None, bound_only: Tensor | None = None,
-           progress: Callable[[int, int, float | None], None] | None = None, cuts=None) -> SearchResult:
+           progress: Callable[[int, int, float | None], None] | None = None) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     lo, hi (1, n_inputs) float64; rows: `ObjectiveRows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
@@ -100,14 +100,12 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     ``max_rows (C y + d)`` for that disjunct's rows.
     """
     start = time.perf_counter()
-    if cuts is not None and closed is not None:
-        raise ValueError("a search with cuts keeps no certificate: its multipliers are not the splits' alone")
-    problem = SplitDomains(network, lo, hi, rows, root, dtype, retighten, cuts)
-    M, N, n_mult = rows.M, problem.n_split, problem.n_split + problem.n_cuts
+    problem = SplitDomains(network, lo, hi, rows, root, dtype, retighten)
+    M, N = rows.M, problem.n_split
     sizes = sum(int(np.prod(node.op.out_shape)) for node in network.nodes)
     max_batch = int(max(1, min(max_batch, 2e8 / (M * sizes))))
     R = min(M, tuned_rows)
-    max_pool = int(max(1, pool_bytes / (4 * M * (N + n_mult) + 17 * N + 8 * R + 72)))
+    max_pool = int(max(1, pool_bytes / (8 * M * N + 17 * N + 8 * R + 72)))
     stats = {"domains": 0, "bound_calls": 0, "max_pool": 0, "splittable": N, "stuck": 0, "depth_first": 0}
     device = problem.device
     still = torch.zeros(rows.K, dtype=torch.bool, device=device)
@@ -116,7 +114,7 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     disjunct = torch.arange(rows.K, device=device) if only is None else only.to(device).nonzero().flatten()
     splits = torch.zeros(len(disjunct), N, dtype=torch.int8, device=device)
     alpha = problem.start_alpha().expand(len(disjunct), M, -1)
-    beta = torch.zeros(len(disjunct), M, n_mult, dtype=dtype, device=device)
+    beta = torch.zeros(len(disjunct), M, N, dtype=dtype, device=device)
     inherited, newest, tuned = None, None, None  # the parents' bounds of the splittable neurons; layer of the newest
     # split; rows the steps optimize (`SplitDomains.bound`; all of them at the root, and whenever M <= tuned_rows)
     pool, n_steps, batch = Pool(limit=max_pool + 2 * max_batch), root_steps, 8

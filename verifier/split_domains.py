@@ -39,7 +39,6 @@ import torch
 from .bounds import engine, milp
 from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
-from .bounds.cuts import Cuts, lagrangian_terms
 from .bounds.interval import relu_inputs
 from .network import Network
 from .spec import InputBox
@@ -56,12 +55,11 @@ NARROWING_SAMPLES = 1000  # `SplitDomains.last_layer_weight`
 class SplitDomains:
     """The fixed parts of a search: the network, the box, the rows per disjunct (C (K, M, *out_shape), d (K, M)),
     the root's layer bounds and which neurons can be split (root-unstable: per ReLU node r, flat indices cols[r];
-    concatenated, N of them), and the cuts (bounds/cuts.py) valid on the box, whose multipliers (gamma >= 0)
-    follow the N split multipliers in beta's last axis (N + n_cuts columns). Layer bounds and the bound each round ends with are float64; dtype: of the
+    concatenated, N of them). Layer bounds and the bound each round ends with are float64; dtype: of the
     optimization steps in between (float32: see `search`)."""
 
     def __init__(self, network: Network, lo: Tensor, hi: Tensor, rows, root: dict,
-                 dtype: torch.dtype = torch.float64, retighten: bool = True, cuts: Cuts | None = None) -> None:
+                 dtype: torch.dtype = torch.float64, retighten: bool = True) -> None:
         self.device = device = lo.device
         self.network = network.to(device, torch.float64)
         self.fast = self.network if dtype == torch.float64 else network.to(device, dtype)
@@ -79,8 +77,6 @@ class SplitDomains:
             self.slices[r] = slice(start, start + self.cols[r].numel())
             start += self.cols[r].numel()
         self.n_split = start
-        self.cuts = cuts if cuts is not None and cuts.count else None  # their multipliers follow beta's N columns
-        self.n_cuts = 0 if self.cuts is None else self.cuts.count
         self.last_input = network.nodes[self.relus[-1]].inputs[0] if self.relus else None
         self.narrowing = [0.0, 0]  # re-tightenings of the last ReLU layer's inputs: sum of (1 - new / old width), count
         self.layer_starts = torch.tensor([self.slices[r].start for r in self.relus], device=device)
@@ -197,21 +193,14 @@ class SplitDomains:
     def _pass(self, relax: dict, sign: dict, C: Tensor, d: Tensor, a: Tensor, b: Tensor,
               record: dict | None = None) -> Tensor:
         """Lower bounds (B, M) of the rows C (B, M, *out), d (B, M) by the engine's backward pass with lower slopes
-        a (B, M, N) and multipliers b (B, M, N + n_cuts) of the splits on the splittable neurons, then of the cuts,
-        relaxations and split signs per ReLU; in C's dtype (float64, or self.dtype for the optimization steps: every
-        tensor given in it)."""
+        a and split multipliers b (B, M, N) on the splittable neurons, relaxations and split signs per ReLU; in
+        C's dtype (float64, or self.dtype for the optimization steps: every tensor given in it)."""
         B, network = C.shape[0], self.network if C.dtype == torch.float64 else self.fast
         alphas = {r: scatter_columns(self.shapes[r], self.cols[r], a[:, :, self.slices[r]]) for r in self.relus}
         betas = {r: -scatter_columns(self.shapes[r], self.cols[r], b[:, :, self.slices[r]]) * sign[r].unsqueeze(1)
                  for r in self.relus}
-        posts = None
-        if self.cuts is not None:
-            posts, pres, const = lagrangian_terms(self.cuts, b[:, :, self.n_split:], self.shapes)
-            betas = {r: betas[r] + pres[r] if r in pres else betas[r] for r in self.relus}
-            d = d + const
         return engine.backward(network, network.output, C, d, relax, self.centre.to(C.dtype).expand(B, -1),
-                               self.radius.to(C.dtype).expand(B, -1), alphas, betas=betas, record=record,
-                               posts=posts)
+                               self.radius.to(C.dtype).expand(B, -1), alphas, betas=betas, record=record)
 
     def branch(self, splits: Tensor, disjunct: Tensor, alpha: Tensor, beta: Tensor, relax: dict, score: Tensor,
                top_k: int) -> Tensor:

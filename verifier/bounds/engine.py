@@ -118,16 +118,14 @@ def concretize(A: Tensor, const: Tensor, centre: Tensor, radius: Tensor, ball: B
 
 def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: dict, centre: Tensor,
              radius: Tensor, alphas: dict | None = None, *, betas: dict | None = None, record: dict | None = None,
-             ball: Ball | None = None, posts: dict | None = None) -> Tensor:
+             ball: Ball | None = None) -> Tensor:
     """Lower bound (B, K) of ``<A, v_top> + const`` over the boxes (each intersected with ball, when given:
     `concretize`), v_top the values of node `top`.
 
     A (B or 1, K, *shape_top), const (B or 1, K); relaxations {ReLU node id: Relaxation} for every ReLU node
     before top; centre, radius (B, n_inputs); alphas {ReLU node id: lower slopes broadcastable to (B, K, *shape)}.
     betas {ReLU node id: (B, K, *shape)}: added to the rows reaching that ReLU's input (a Lagrangian term
-    ``<beta, z>`` of split constraints, see split_domains.py). posts {ReLU node id: (B, K, *shape)}: added to the
-    rows reaching that ReLU's output, before its relaxation (the part of a cut's Lagrangian term on the outputs,
-    bounds/cuts.py; its part on the inputs goes in betas). record: a dict filled with the rows reaching each ReLU
+    ``<beta, z>`` of split constraints, see split_domains.py). record: a dict filled with the rows reaching each ReLU
     node {id: (B or 1, K, *shape)} (before its relaxation), the input coefficients {0: (B or 1, K, n_inputs)}
     (zeros when the rows do not reach the input) and under "const" the rows' constant (B or 1, K): on the boxes,
     ``<A, v_top> + const >= <record[0], x> + record["const"]``.
@@ -138,8 +136,6 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
             continue
         A, node = rows.pop(k), network.nodes[k]
         if isinstance(node.op, ops.ReLU):
-            if posts is not None and k in posts:
-                A = A + posts[k]
             if record is not None:
                 record[k] = A
             r = relaxations[k]
