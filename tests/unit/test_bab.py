@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -176,10 +177,12 @@ def test_side_attack_points_are_checked():
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10**6), depth=st.integers(1, 3), width=st.integers(2, 10), relu_out=st.booleans(),
-       disjuncts=st.integers(1, 3), shift=st.floats(-0.5, 0.5), milp_after=st.sampled_from([0.0, 1.0]))
-def test_relu_split_reaches_the_exact_verdict(seed, depth, width, relu_out, disjuncts, shift, milp_after):
-    """milp_after 0: one round of the optimized ReLU splitting, then the MILP; 1: the splitting alone decides
-    (the MILP only for domains it cannot split further)."""
+       disjuncts=st.integers(1, 3), shift=st.floats(-0.5, 0.5),
+       path=st.sampled_from(["milp after the root", "search", "small-network slot"]))
+def test_relu_split_reaches_the_exact_verdict(seed, depth, width, relu_out, disjuncts, shift, path):
+    """The MILP after one round of the optimized ReLU splitting (milp_after 0); the splitting alone deciding (the
+    MILP only for domains it cannot split further); or, as by default on networks this small, the MILP slot after
+    the search's first share of the time (bab.MILP_SLOT_SPLITTABLE), then the search again."""
     rng, net, box = problem(seed, 12, depth, width, relu_out, radius=0.5)
     assume(net.n_relus <= MAX_RELUS)
     C = rng.normal(size=(disjuncts, 3))
@@ -187,8 +190,10 @@ def test_relu_split_reaches_the_exact_verdict(seed, depth, width, relu_out, disj
     assume(abs(shift) > 1e-6)
     prop = Property(tuple((C[k:k + 1], np.array([np.min(exact) + shift])) for k in range(disjuncts)))
     confirm, _ = float64_confirm(net, box, prop)
-    result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 30, confirm=confirm,
-                            milp_after=milp_after)
+    slot = bab.MILP_SLOT_SPLITTABLE if path == "small-network slot" else 0
+    with mock.patch.object(bab, "MILP_SLOT_SPLITTABLE", slot):
+        result = bab.relu_split(net, box, prop, deadline=time.perf_counter() + 30, confirm=confirm,
+                                milp_after=0.0 if path == "milp after the root" else 1.0)
     assert result.status == ("holds" if shift < 0 else "violated")
     if result.status == "violated":
         assert box.contains(result.x) and prop.violated_by(net.forward(result.x))

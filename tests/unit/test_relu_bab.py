@@ -393,9 +393,11 @@ def tiny_graph(request, tmp_path_factory):
     return load_onnx(random_graph_file(kind, tmp_path_factory.mktemp(kind), seed)), seed
 
 
-def test_graph_verdicts_equal_the_enumeration(tiny_graph):
-    """Conv, residual and MaxPool graphs: relu_split (the optimized search, then the MILP for what it cannot split)
-    and the search alone against the enumeration oracle, on single rows, disjunctions, conjunctions and exact ties."""
+def test_graph_verdicts_equal_the_enumeration(tiny_graph, monkeypatch):
+    """Conv, residual and MaxPool graphs: relu_split (the optimized search, then the MILP for what it cannot split;
+    no MILP slot for small networks) and the search alone against the enumeration oracle, on single rows,
+    disjunctions, conjunctions and exact ties."""
+    monkeypatch.setattr(bab, "MILP_SLOT_SPLITTABLE", 0)
     net, seed = tiny_graph
     box, C, exact, cases = verdict_cases(net, seed)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
@@ -421,6 +423,17 @@ def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, tmp
     net = load_onnx(random_graph_file(kind, tmp_path, seed)) if kind == "tiny_conv" else \
         random_network([3, 10, 3], np.random.default_rng(seed))
     stats = assert_relu_split_verdicts(net, seed + 20)
+    assert any("milp_slot" in one for one in stats)  # the path ran
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_small_network_milp_slot_gives_the_enumerations_verdicts(seed, monkeypatch):
+    """Two or three unstable ReLU layers, few ReLUs (bab.MILP_SLOT_SPLITTABLE), the slot right after the root round
+    (MILP_SLOT_AFTER 0): the MILP decides what the round leaves open, the search resumes where it does not; the
+    verdicts equal the enumeration's, a tie is never proved."""
+    monkeypatch.setattr(bab, "MILP_SLOT_AFTER", 0.0)
+    net = random_network([3, 7, 7, 3] if seed < 2 else [3, 4, 5, 5, 3], np.random.default_rng(seed))
+    stats = assert_relu_split_verdicts(net, seed + 30)
     assert any("milp_slot" in one for one in stats)  # the path ran
 
 
