@@ -293,7 +293,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         now = time.perf_counter()
         if milp_slot:  # one layer: the MILP, for the disjuncts still open
             still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
-            status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds,
+            status, x, milp_stats = milp_phase(network, box, prop, still, layer_bounds,
                                                 now + MILP_SLOT_SHARE * (deadline - now), confirm, progress)
             stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
             if status in (HOLDS, VIOLATED):
@@ -321,7 +321,7 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         status = TIMEOUT if time.perf_counter() > deadline else UNKNOWN
         return BabResult(status, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
-    status, x, milp_stats = _milp_phase(network, box, prop, still, layer_bounds, deadline, confirm, progress)
+    status, x, milp_stats = milp_phase(network, box, prop, still, layer_bounds, deadline, confirm, progress)
     if trace is not None:
         trace["milp"] = still
     stats.update(milp_stats, domains=stats["domains"] + milp_stats["domains"],
@@ -359,10 +359,10 @@ def _refine_in_stages(network: Network, box: InputBox, objective: tuple, ends: n
     return layer_bounds, infos
 
 
-def _milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list,
-                deadline: float, confirm: Callable, progress: Progress | None = None):
-    """Phase 2 of relu_split (progress: reported once, phase "MILP", the disjuncts open). Returns (status, x,
-    stats)."""
+def milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list | None,
+               deadline: float, confirm: Callable, progress: Progress | None = None):
+    """Phase 2 of relu_split, and the MILP slots (progress: reported once, phase "MILP", the disjuncts open;
+    layer_bounds None: alpha-CROWN's). Returns (status, x, stats)."""
     from .bounds import milp  # HiGHS is only loaded when this path runs
 
     if progress is not None:

@@ -196,3 +196,24 @@ def test_progress_reports_the_search_as_it_goes(tmp_path):
         assert (lowest is None) if open_ == 0 or not phase.startswith("ReLU split") else lowest <= 0
     if verdict.status == "holds" and reports[-1][0] == "ReLU split":
         assert reports[-1][2] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_milp_slot_on_few_inputs_gives_the_enumerations_verdicts(seed, tmp_path, monkeypatch):
+    """Few inputs (input splitting) and few ReLUs (bab.MILP_SLOT_SPLITTABLE), the slot right away (MILP_SLOT_AFTER
+    0): the MILP decides, the input splitting starts again where it does not. Verdicts equal the enumeration's, a tie
+    is never proved, counterexamples are confirmed by onnxruntime."""
+    from graph_models import verdict_cases
+    from verifier import bab
+
+    monkeypatch.setattr(bab, "MILP_SLOT_AFTER", 0.0)
+    net = load_onnx(save_onnx(random_network([4, 6, 6, 3], np.random.default_rng(seed)), tmp_path / "n.onnx"))
+    box, C, exact, cases = verdict_cases(net, seed)
+    slots = []
+    for prop, expected in cases + [(Property(((C[:1], exact[:1]),)), None)]:
+        verdict = verify(net, box, prop, timeout=20)
+        assert (verdict.status == expected) if expected else verdict.status != "holds", (expected, verdict.stats)
+        if verdict.status == "violated":
+            check_counterexample(net, box, prop, verdict)
+        slots.append("milp_slot" in verdict.stats)
+    assert any(slots)  # the path ran
