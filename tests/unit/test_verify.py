@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
+from graph_models import verdict_cases
+from verifier import bab
 from verifier.falsification import falsify
 from verifier.bounds.enumerate import MAX_RELUS, enumerate_bound
 from verifier.network import Affine, Network, ReLU, random_network
@@ -203,9 +205,6 @@ def test_the_milp_slot_on_few_inputs_gives_the_enumerations_verdicts(seed, tmp_p
     """Few inputs (input splitting) and few ReLUs (bab.MILP_SLOT_SPLITTABLE), the slot right away (MILP_SLOT_AFTER
     0): the MILP decides, the input splitting starts again where it does not. Verdicts equal the enumeration's, a tie
     is never proved, counterexamples are confirmed by onnxruntime."""
-    from graph_models import verdict_cases
-    from verifier import bab
-
     monkeypatch.setattr(bab, "MILP_SLOT_AFTER", 0.0)
     net = load_onnx(save_onnx(random_network([4, 6, 6, 3], np.random.default_rng(seed)), tmp_path / "n.onnx"))
     box, C, exact, cases = verdict_cases(net, seed)
