@@ -1,13 +1,14 @@
 """`verify` on random small dense networks, with and without the MILP slot for small networks (bab.MILP_SLOT_*).
 
-Usage: python benchmarks/small_nets.py [--seed S] [--count N] [--timeout T] [--widths LO HI]
+Usage: python benchmarks/small_nets.py [--seed S] [--count N] [--timeout T] [--widths LO HI] [--inputs N ...]
 
-Per seed: a random ReLU net (20, 50 or 100 inputs, so the ReLU-split path; 1-4 hidden layers of LO..HI), a box of
-radius 0.05-0.6, one random output row whose threshold is 0-10 % of its sampled range below the best value that 1 s
-of `falsify` reaches (tight thresholds: many of them are hard). Each problem runs twice in this process, the slot
-off (MILP_SLOT_SPLITTABLE 0) then on (the default). Prints one table row per net (the root's unstable ReLUs as
-the search counted them, "-" where the dual passes decided first; each run's verdict and seconds), then per
-setting the problems decided and the seconds in all. Two decided verdicts that disagree are printed as such (exit
+Per seed: a random ReLU net (20, 50 or 100 inputs by default, so the ReLU-split path; `--inputs` of at most 16 give
+input splitting, whose slot takes nets of at most 100 ReLUs; 1-4 hidden layers of LO..HI), a box of radius
+0.05-0.6, one random output row whose threshold is 0-10 % of its sampled range below the best value that 1 s of
+`falsify` reaches (tight thresholds: many of them are hard). Each problem runs twice in this process, the slot off
+(MILP_SLOT_SPLITTABLE 0) then on (the default). Prints one table row per net (the root's unstable ReLUs as the
+ReLU-split search counted them, "-" where the dual passes decided first or input splitting ran; each run's verdict
+and seconds), then per setting the problems decided and the seconds in all. Two decided verdicts that disagree are printed as such (exit
 code 1). Run with OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
@@ -29,10 +30,10 @@ from verifier.spec import InputBox, Property
 from verifier.verify import verify
 
 
-def problem(seed: int, widths: tuple[int, int], folder: Path):
+def problem(seed: int, widths: tuple[int, int], inputs: list[int], folder: Path):
     """(net, box, property, a description) for one seed."""
     rng = np.random.default_rng(seed)
-    n, depth, width = int(rng.choice([20, 50, 100])), int(rng.integers(1, 5)), int(rng.integers(*widths))
+    n, depth, width = int(rng.choice(inputs)), int(rng.integers(1, 5)), int(rng.integers(*widths))
     net = load_onnx(save_onnx(random_network([n] + [width] * depth + [4], rng), folder / f"net_{seed}.onnx"))
     centre, radius = rng.uniform(-1, 1, n), rng.uniform(0.05, 0.6)
     box = InputBox(centre - radius, centre + radius)
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=20.0)
     parser.add_argument("--widths", type=int, nargs=2, default=(5, 41), metavar=("LO", "HI"))
+    parser.add_argument("--inputs", type=int, nargs="+", default=[20, 50, 100], help="input counts to draw from")
     args = parser.parse_args()
     torch.set_num_threads(1)
     settings = {"slot off": 0, "slot on": bab.MILP_SLOT_SPLITTABLE}
@@ -58,7 +60,7 @@ def main() -> int:
     print(f"| seed | net | {' | '.join(settings)} |\n| --- | --- |{' --- |' * len(settings)}")
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seed, args.seed + args.count):
-            net, box, prop, about = problem(seed, tuple(args.widths), Path(tmp))
+            net, box, prop, about = problem(seed, tuple(args.widths), args.inputs, Path(tmp))
             cells, decided, unstable = [], set(), "-"
             for name, splittable in settings.items():
                 bab.MILP_SLOT_SPLITTABLE = splittable
