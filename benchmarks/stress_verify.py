@@ -1,10 +1,13 @@
 """Soundness stress of the VNN-LIB pipeline: `verify` on many random ONNX networks against exact answers.
 
-Usage: python benchmarks/stress_verify.py [--seed S] [--count N] [--timeout T]
+Usage: python benchmarks/stress_verify.py [--seed S] [--count N] [--timeout T] [--graphs]
 
 Per seed: a random ReLU net (2-30 inputs, 1-3 hidden layers of 3-15, ReLU on the output or not) saved as ONNX and
 loaded back, a box, 1-3 unsafe disjuncts of 1-2 rows whose thresholds sit at the MILP's exact row minima plus a
-shift in [-0.3, 0.3]. Single-row properties have an exact verdict (holds iff shift < 0); a conjunction's "holds"
+shift in [-0.3, 0.3]. With --graphs the net is instead one of the test suite's random ONNX graphs
+(tests/graph_models.py `KINDS`, in turn: convolutions with batch norm, pooling, padding, concatenation, residual
+additions, NHWC input; 5-324 inputs, 24-720 ReLUs, so mostly the ReLU-split path), the box of radius 0.01-0.1 and
+the shift in [-0.1, 0.1]. Single-row properties have an exact verdict (holds iff shift < 0); a conjunction's "holds"
 is checked against 20,000 sampled points. Every "violated" must carry a counterexample inside the box that
 onnxruntime, on the ONNX file, confirms. Prints each wrong or undecided case and a summary line; exit code 1 on a
 wrong answer. Run with OMP_NUM_THREADS=1 (two in parallel on two cores).
@@ -25,27 +28,36 @@ from verifier.onnx import load_onnx, run_onnxruntime, save_onnx
 from verifier.spec import InputBox, Property
 from verifier.verify import verify
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.graph_models
+from tests.graph_models import KINDS, random_graph_file  # noqa: E402
 
-def one(seed: int, folder: Path, timeout: float) -> tuple[str, str]:
+
+def one(seed: int, folder: Path, timeout: float, graphs: bool = False) -> tuple[str, str]:
     """(outcome: ok | wrong | undecided | skipped, a description) for one random problem."""
     rng = np.random.default_rng(seed)
-    n = int(rng.choice([2, 3, 5, 8, 20, 30]))
-    depth, width = int(rng.integers(1, 4)), int(rng.integers(3, 16))
-    net = load_onnx(save_onnx(random_network([n] + [width] * depth + [4], rng,
-                                             relu_on_output=bool(rng.integers(2))), folder / f"net_{seed}.onnx"))
-    centre, radius = rng.uniform(-1, 1, n), rng.uniform(0.05, 0.6)
+    if graphs:
+        kind = KINDS[seed % len(KINDS)]
+        net = load_onnx(random_graph_file(kind, folder, seed))
+        centre, radius, spread, shape = rng.uniform(0, 1, net.n_inputs), rng.uniform(0.01, 0.1), 0.1, kind
+    else:
+        n = int(rng.choice([2, 3, 5, 8, 20, 30]))
+        depth, width = int(rng.integers(1, 4)), int(rng.integers(3, 16))
+        net = load_onnx(save_onnx(random_network([n] + [width] * depth + [4], rng,
+                                                 relu_on_output=bool(rng.integers(2))), folder / f"net_{seed}.onnx"))
+        centre, radius, spread, shape = rng.uniform(-1, 1, n), rng.uniform(0.05, 0.6), 0.3, f"{depth}x{width}"
     box = InputBox(centre - radius, centre + radius)
     rows = int(rng.integers(1, 3))
-    Cs = [rng.normal(size=(rows, 4)) for _ in range(int(rng.integers(1, 4)))]
+    Cs = [rng.normal(size=(rows, net.n_outputs)) for _ in range(int(rng.integers(1, 4)))]
     exact = [milp.bound(net, box, C, time_limit=60) for C in Cs]
     if not all(status == "optimal" for e in exact for status in e.info["status"]):
         return "skipped", "a MILP did not finish"
-    shift = float(rng.uniform(-0.3, 0.3))
+    shift = float(rng.uniform(-spread, spread))
     if abs(shift) < 1e-3:  # below float32 resolution against onnxruntime: not decidable
         return "skipped", "threshold too close"
     prop = Property(tuple((C, e.upper + shift) for C, e in zip(Cs, exact)))
     verdict = verify(net, box, prop, timeout=timeout, seed=seed)
-    about = f"seed {seed}: {verdict.status}, {n} inputs, {depth}x{width}, {len(Cs)} x {rows} rows, shift {shift:+.4f}"
+    about = f"seed {seed}: {verdict.status}, {net.n_inputs} inputs, {shape}, {len(Cs)} x {rows} rows, " \
+        f"shift {shift:+.4f}"
     if verdict.status == "violated":
         x, _ = verdict.counterexample
         if not (box.contains(x) and prop.violated_by(run_onnxruntime(net.source, x))):
@@ -64,12 +76,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--graphs", action="store_true", help="the test suite's random ONNX graphs, not dense nets")
     args = parser.parse_args()
     counts = {"ok": 0, "wrong": 0, "undecided": 0, "skipped": 0}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seed, args.seed + args.count):
-            outcome, about = one(seed, Path(tmp), args.timeout)
+            outcome, about = one(seed, Path(tmp), args.timeout, args.graphs)
             counts[outcome] += 1
             if outcome in ("wrong", "undecided"):
                 print(f"{outcome.upper()}: {about}", flush=True)
