@@ -8,8 +8,8 @@ input splitting, whose slot takes nets of at most 100 ReLUs; 1-4 hidden layers o
 `falsify` reaches (tight thresholds: many of them are hard). Each problem runs twice in this process, the slot off
 (MILP_SLOT_SPLITTABLE 0) then on (the default). Prints one table row per net (the root's unstable ReLUs as the
 ReLU-split search counted them, "-" where the dual passes decided first or input splitting ran; each run's verdict
-and seconds), then per setting the problems decided and the seconds in all. Two decided verdicts that disagree are printed as such (exit
-code 1). Run with OMP_NUM_THREADS=1.
+and seconds), then per setting the problems decided and the seconds in all. Two decided verdicts that disagree are
+printed as such (exit code 1). Run with OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
 
