@@ -128,7 +128,7 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
                 stats[key] += result.stats.get(key, 0)
             status, x, milp_stats = bab.milp_phase(network, box, prop, list(range(len(prop.disjuncts))), None,
                                                    now + bab.MILP_SLOT_SHARE * (deadline - now), confirm, progress)
-            stats["milp_slot"] = dict(status=status, seconds=round(time.perf_counter() - now, 4))
+            stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
             result = bab.BabResult(status, x, milp_stats) if status in (HOLDS, VIOLATED) else split(deadline)
         phase("input_split", t0)
         return _from_bab(result, box, prop, checker, stats)
