@@ -1,15 +1,15 @@
-"""`verify` on random small dense networks, with and without the MILP slot for small networks (bab.MILP_SLOT_*).
+"""`verify` on random small dense networks, with and without the MILP slots (bab.MILP_SLOT_*, MILP_PROBE_SHARE).
 
 Usage: python benchmarks/small_nets.py [--seed S] [--count N] [--timeout T] [--widths LO HI] [--inputs N ...]
 
 Per seed: a random ReLU net (20, 50 or 100 inputs by default, so the ReLU-split path; `--inputs` of at most 16 give
 input splitting, whose slot takes nets of at most 100 ReLUs; 1-4 hidden layers of LO..HI), a box of radius
 0.05-0.6, one random output row whose threshold is 0-10 % of its sampled range below the best value that 1 s of
-`falsify` reaches (tight thresholds: many of them are hard). Each problem runs twice in this process, the slot off
-(MILP_SLOT_SPLITTABLE 0) then on (the default). Prints one table row per net (the root's unstable ReLUs as the
-ReLU-split search counted them, "-" where the dual passes decided first or input splitting ran; each run's verdict
-and seconds), then per setting the problems decided and the seconds in all. Two decided verdicts that disagree are
-printed as such (exit code 1). Run with OMP_NUM_THREADS=1.
+`falsify` reaches (tight thresholds: many of them are hard). Each problem runs twice in this process, the slots off
+(MILP_SLOT_SPLITTABLE and MILP_PROBE_SHARE 0) then on (the defaults). Prints one table row per net (the root's
+unstable ReLUs as the ReLU-split search counted them, "-" where the dual passes decided first or input splitting
+ran; each run's verdict and seconds), then per setting the problems decided and the seconds in all. Two decided
+verdicts that disagree are printed as such (exit code 1). Run with OMP_NUM_THREADS=1.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, nargs="+", default=[20, 50, 100], help="input counts to draw from")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    settings = {"slot off": 0, "slot on": bab.MILP_SLOT_SPLITTABLE}
+    settings = {"slot off": (0, 0.0), "slot on": (bab.MILP_SLOT_SPLITTABLE, bab.MILP_PROBE_SHARE)}
     totals = {name: [0, 0.0] for name in settings}
     disagreements = 0
     print(f"| seed | net | {' | '.join(settings)} |\n| --- | --- |{' --- |' * len(settings)}")
@@ -62,8 +62,8 @@ def main() -> int:
         for seed in range(args.seed, args.seed + args.count):
             net, box, prop, about = problem(seed, tuple(args.widths), args.inputs, Path(tmp))
             cells, decided, unstable = [], set(), "-"
-            for name, splittable in settings.items():
-                bab.MILP_SLOT_SPLITTABLE = splittable
+            for name, (splittable, probe) in settings.items():
+                bab.MILP_SLOT_SPLITTABLE, bab.MILP_PROBE_SHARE = splittable, probe
                 start = time.perf_counter()
                 verdict = verify(net, box, prop, timeout=args.timeout, seed=seed)
                 seconds, status = time.perf_counter() - start, verdict.status

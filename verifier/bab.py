@@ -47,17 +47,14 @@ REFINE_SHARE = 0.25  # at most this share of the time left (per stage), then sea
 REFINE_STAGES, REFINE_PAYS = 3, 0.4  # another stage, up to this many, while the last one closed at least this share
 # of the objective's gap (measured: docs/search.md, "Refinement in stages")
 MILP_SLOT_SPLITTABLE = 100  # a network with at most this many root-unstable ReLUs (no certificate asked) takes
-MILP_SLOT_AFTER = 0.1  # the MILP slot too, after the search alone for this share of the time. Measured
-# (docs/search.md, "The MILP slot on small networks"): 50 random dense nets (20-100 inputs, 1-4 hidden layers of
-# 5-40), thresholds just below an attack's value, 20 s: 30 decided against 23 with the search first, none lost;
-# MNIST 256x2 (6-161 splittable) 19.8 s against 19.1 s in all; the slot right after the root round: 27.4 s there
+MILP_SLOT_AFTER = 0.1  # the MILP slot too, after the search alone for this share of the time (measured: docs/search.md,
+# "The MILP slot on small networks", with MILP_PROBE_SHARE)
+MILP_PROBE_SHARE = 0.2  # with too little time to refine (short timeouts), a larger network (at most
+# MILP_MAX_SPLITTABLE) takes the slot as well, for this share of the time left (0: never)
 MILP_SLOT_SHARE = 0.6  # with one ReLU layer unstable (up to MILP_ONE_LAYER_MAX root-unstable ReLUs), the MILP gets
 MILP_ONE_LAYER_MAX = 20000  # this share of the time left right after the search's root round (not the
-# refinement: the first layer's bounds are exact); measured
-# on verivital avgpool (4,410-5,299 unstable): prop_7 / 12 / 14 eps 0.04 open after 300 s of search (2,790-6,211
-# domains), each decided by the MILP in 1.4-3.5 s (HiGHS prunes at its root: the triangle relaxation of one layer
-# is nearly tight); with the MILP after the search's first fifth they took 63-65 s at 300 s. 20,000 caps the
-# model's size; nothing between 5,299 and it was measured
+# refinement: the first layer's bounds are exact); measured on verivital avgpool (4,410-5,299 unstable: README;
+# HiGHS prunes at its root, the triangle relaxation of one layer being nearly tight); 20,000 caps the model's size
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,8 @@ class _Bounder:
 def input_split(network: Network, box: InputBox, prop: Property, *, deadline: float,
                 confirm: Callable[[np.ndarray], bool], side_attack: Callable[[float], np.ndarray | None] | None = None,
                 max_batch: int = 512, max_pool: int = 1_000_000, clip: bool = True,
-                trace: list | None = None, progress: Progress | None = None) -> BabResult:
+                trace: list | None = None, progress: Progress | None = None,
+                interlude: Callable | None = None, interlude_at: float = 0.0) -> BabResult:
     """Input-splitting branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     confirm(x (n,)) -> bool: whether a candidate counterexample is real (onnxruntime on the original model).
@@ -143,7 +141,8 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     bounded on wide networks. max_pool: open boxes kept at most (beyond: "unknown").
     trace: a list that gets, per step, ("bound", ids, lo, hi, clipped lo, clipped hi, open) and ("split", ids,
     dim, mid, left ids, right ids) (box 0 is the root): the search tree, for certificates (certificate.py).
-    progress: see `Progress` (phase "input split").
+    progress: see `Progress` (phase "input split"). interlude, interlude_at: as `relu_bab.search`'s (every box
+    needs every disjunct: the search holds once the interlude decides them all).
     """
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
@@ -192,6 +191,13 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                 progress("input split", stats["domains"], len(pool), pool.lowest())
             if len(pool) == 0:
                 return finish(UNKNOWN if stats["unresolved"] else HOLDS)
+            if interlude is not None and time.perf_counter() - start >= interlude_at:
+                with torch.enable_grad():  # the MILP's default layer bounds come from alpha-CROWN's steps
+                    points, decided = interlude(list(range(len(prop.disjuncts))))
+                interlude = None
+                x = None if points is None else check_candidates(network, rows, points, confirm)[0]
+                if x is not None or len(decided) == len(prop.disjuncts):
+                    return finish(HOLDS if x is None else VIOLATED, x)
             if time.perf_counter() > deadline:
                 return finish(TIMEOUT)
             if len(pool) > max_pool:
@@ -237,11 +243,12 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        on both sides are narrowed too), and the search starts again from the refined root, for the disjuncts the
        first search left open. The shares: docs/search.md.
        With a single unstable layer the refinement has nothing to refine (the first layer's bounds are exact): the
-       disjuncts still open after the root round go to the MILP of step 2 for at most MILP_SLOT_SHARE of the time
-       left instead (trusted in a certificate like step 2's), and the search starts again for those disjuncts if it
-       has not decided (for all of them when a certificate is asked for: the certificate takes the second search's
-       domains only). A small network (at most MILP_SLOT_SPLITTABLE root-unstable ReLUs, no certificate asked) takes
-       that MILP slot too, after the search's first MILP_SLOT_AFTER of the time, instead of the refinement.
+       search's interlude (`relu_bab.search`) right after its root round is instead the MILP of step 2 for the
+       disjuncts still open, for at most MILP_SLOT_SHARE of the time left (trusted in a certificate like step 2's);
+       the search goes on with its pool if the MILP has not decided. No certificate asked, a small network (at most
+       MILP_SLOT_SPLITTABLE root-unstable ReLUs) takes that MILP slot too, after the search's first MILP_SLOT_AFTER
+       of the time, instead of the refinement; so does a larger one where there is too little time to refine, for
+       MILP_PROBE_SHARE of the time left.
     2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
        further: "stuck"), the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same
        layer bounds): single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP
@@ -271,55 +278,38 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     lo, hi = (torch.tensor(x, dtype=torch.float64, device=device).unsqueeze(0) for x in (box.lo, box.hi))
     if trace is not None:
         trace.update(open=open_, closed=[], milp=[])
-    milp_slot = use_milp and (one_layer or (splittable <= MILP_SLOT_SPLITTABLE and trace is None))
-    refine = use_milp and not milp_slot and trace is None and \
-        (1 - REFINE_AFTER) * (deadline - start) >= REFINE_MIN_SECONDS
-    first_end = phase1_end  # the end of the first search: its root round alone before a one-layer MILP slot
-    if milp_slot or refine:
-        first_share = 0.0 if one_layer else MILP_SLOT_AFTER if milp_slot else REFINE_AFTER
-        first_end = min(start + first_share * (deadline - start), phase1_end)
+    can_refine = (1 - REFINE_AFTER) * (deadline - start) >= REFINE_MIN_SECONDS
+    small = one_layer or splittable <= MILP_SLOT_SPLITTABLE
+    take_slot = use_milp and (one_layer or trace is None and (small or not can_refine and MILP_PROBE_SHARE > 0))
+    refine = use_milp and not take_slot and trace is None and can_refine
+    slot_stats: dict = {}
+    slot = milp_slot(network, box, prop, open_, layer_bounds, MILP_SLOT_SHARE if small else MILP_PROBE_SHARE,
+                     deadline, confirm, progress, slot_stats, trace)
 
     def report(phase: str) -> Callable | None:  # a search's progress (its own domains), as this phase's
         return None if progress is None else lambda domains, open_, lowest: progress(phase, domains, open_, lowest)
 
-    def run(root: dict, until: float, only: torch.Tensor | None = None, phase: str = "ReLU split"):
+    def run(root: dict, until: float, only: torch.Tensor | None = None, phase: str = "ReLU split", interlude=None):
         return search(network, lo, hi, rows, root, deadline=until, side_attack=side_attack,
                       check=lambda points: check_candidates(network, rows, points.cpu(), confirm)[0],
-                      closed=None if trace is None else trace["closed"], only=only, progress=report(phase))
+                      closed=None if trace is None else trace["closed"], only=only, progress=report(phase),
+                      interlude=interlude, interlude_at=(0.0 if one_layer else MILP_SLOT_AFTER) * (deadline - start))
 
-    result = run(root, first_end)
-    stats = dict(result.stats)
-    if (refine or milp_slot) and result.status == "open":
-        now = time.perf_counter()
-        if milp_slot:  # one layer: the MILP, for the disjuncts still open
-            still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
-            status, x, milp_stats = milp_phase(network, box, prop, still, layer_bounds,
-                                                now + MILP_SLOT_SHARE * (deadline - now), confirm, progress)
-            stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
-            if status in (HOLDS, VIOLATED):
-                if trace is not None and status == HOLDS:
-                    trace["milp"] = still
-                return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
-        else:
-            ends = np.cumsum([len(prop.disjuncts[k][1]) for k in open_])[:-1]  # where each disjunct's rows end in C, d
-            layer_bounds, stats["refine"] = _refine_in_stages(network, box, (C, d), ends, layer_bounds, deadline,
-                                                              report("refining layer bounds"), device)
-            root = by_node(network, layer_bounds)
-        if trace is not None:
-            trace["closed"].clear()  # with a certificate, the search below covers every disjunct again
-        again = result.still if trace is None else None
-        stats["searched_again"] = len(open_) if again is None else int(again.sum())
-        result = run(root, phase1_end, only=again, phase="ReLU split, refined root")
+    first_end = min(start + REFINE_AFTER * (deadline - start), phase1_end) if refine else phase1_end
+    result = run(root, first_end, interlude=slot if take_slot else None)
+    stats = dict(result.stats, **slot_stats)
+    if refine and result.status == "open":
+        ends = np.cumsum([len(prop.disjuncts[k][1]) for k in open_])[:-1]  # where each disjunct's rows end in C, d
+        layer_bounds, stats["refine"] = _refine_in_stages(network, box, (C, d), ends, layer_bounds, deadline,
+                                                          report("refining layer bounds"), device)
+        stats["searched_again"] = int(result.still.sum())
+        result = run(by_node(network, layer_bounds), phase1_end, only=result.still, phase="ReLU split, refined root")
         stats.update({key: value for key, value in result.stats.items() if key not in ("domains", "bound_calls")},
                      domains=stats["domains"] + result.stats["domains"],
                      bound_calls=stats["bound_calls"] + result.stats["bound_calls"])
-    if result.status == "violated":
-        return BabResult(VIOLATED, result.x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
-    if result.status == "holds":
-        return BabResult(HOLDS, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
-    if not use_milp:
-        status = TIMEOUT if time.perf_counter() > deadline else UNKNOWN
-        return BabResult(status, None, dict(stats, seconds=round(time.perf_counter() - start, 4)))
+    if result.status != "open" or not use_milp:  # the search's holds / violated are ours
+        status = result.status if result.status != "open" else TIMEOUT if time.perf_counter() > deadline else UNKNOWN
+        return BabResult(status, result.x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
     status, x, milp_stats = milp_phase(network, box, prop, still, layer_bounds, deadline, confirm, progress)
     if trace is not None:
@@ -335,9 +325,8 @@ def _refine_in_stages(network: Network, box: InputBox, objective: tuple, ends: n
     `ends`, as for np.split) in stages of REFINE_SHARE of the time left at the first: another stage while the last
     one closed at least REFINE_PAYS of the gap below 0 of the rows' worst disjunct (alpha-CROWN over the layer
     bounds, before and after each stage) and left it open, at most REFINE_STAGES, with a stage's time and
-    REFINE_MIN_SECONDS of search left after it. A refinement that pays on the first stage keeps paying on MNIST 256x4
-    prop_0 eps 0.05 (the worst bound -2.18 -> -1.00 -> -0.50 in two stages of 67 s), and one that does not, stops:
-    marabou_cifar10 small index 9409, -3.55 -> -2.71 -> -2.70. Returns (bounds, the stages' infos)."""
+    REFINE_MIN_SECONDS of search left after it (measured: docs/search.md, "Refinement in stages"). Returns (bounds,
+    the stages' infos)."""
     from .bounds import dual
     from .bounds.refine import refine_layer_bounds
 
@@ -357,6 +346,25 @@ def _refine_in_stages(network: Network, box: InputBox, objective: tuple, ends: n
         if gap > (1 - REFINE_PAYS) * before or deadline - time.perf_counter() < seconds + REFINE_MIN_SECONDS:
             break
     return layer_bounds, infos
+
+
+def milp_slot(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list | None,
+              share: float, deadline: float, confirm: Callable, progress: Progress | None, stats: dict,
+              trace: dict | None = None) -> Callable[[list[int]], tuple[torch.Tensor | None, list[int]]]:
+    """The MILP slot, as a search's interlude (`relu_bab.search`): pending (positions in open_) -> (the MILP's
+    confirmed point (1, n) or None, the pending disjuncts it ruled out: all or none), `milp_phase` for `share` of
+    the time left before deadline. Its stats go to stats["milp_slot"]; what it rules out, to trace["milp"]."""
+
+    def interlude(pending: list[int]) -> tuple[torch.Tensor | None, list[int]]:
+        now, still = time.perf_counter(), [open_[k] for k in pending]
+        status, x, milp_stats = milp_phase(network, box, prop, still, layer_bounds, now + share * (deadline - now),
+                                           confirm, progress)
+        stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
+        if trace is not None and status == HOLDS:
+            trace["milp"] = still
+        return (None if x is None else torch.as_tensor(x)[None]), (pending if status == HOLDS else [])
+
+    return interlude
 
 
 def milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list | None,

@@ -69,7 +69,9 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
            retighten: bool = True, pool_bytes: float = POOL_BYTES, top_k: int = TOP_K,
            closed: list | None = None, only: Tensor | None = None, fair: bool = False, tuned_rows: int = TUNED_ROWS,
            refute: Callable[[Tensor, Tensor], Tensor] | None = None, bound_only: Tensor | None = None,
-           progress: Callable[[int, int, float | None], None] | None = None) -> SearchResult:
+           progress: Callable[[int, int, float | None], None] | None = None,
+           interlude: Callable[[list[int]], tuple[Tensor | None, list[int]]] | None = None,
+           interlude_at: float = 0.0) -> SearchResult:
     """Branch and bound (module docstring) until decided or time.perf_counter() > deadline.
 
     lo, hi (1, n_inputs) float64; rows: `ObjectiveRows` (K disjuncts of M rows); root {node id: (l, u) (1, *shape)}
@@ -94,6 +96,9 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
     rows of entries known to take both signs): never refuted, and a linear region of theirs closes with its LP's
     (checked) lower bound, which their `lower` then includes.
     progress(domains bounded, open domains, their lowest bound): called every round.
+    interlude(the disjuncts some domain still needs) -> (candidate points (P, n) or None, disjuncts decided): called
+    once, after the first round that ends interlude_at seconds or more after the start (bab.relu_split's MILP slot);
+    its points are checked, its decided disjuncts' domains dropped (they hold), and the search goes on with its pool.
     The result's `lower` (K,): per searched disjunct, unless a violation ended the search or one of its domains was
     left undecided (then -inf, as for the disjuncts not searched), the lowest bound of its open domains (each
     domain's best row, minus PROOF_MARGIN), PROOF_MARGIN when none is open: a lower bound over the box of
@@ -186,6 +191,17 @@ def search(network: Network, lo: Tensor, hi: Tensor, rows, root: dict, *, deadli
                     choice[open_], used[0][open_], used[1][open_], lower[open_].topk(R, dim=1).indices)
         if refute is not None:
             pool.keep(~still[pool.tensors[2]])
+        if interlude is not None and time.perf_counter() - start >= interlude_at:
+            pending = torch.cat([pool.tensors[2], still.nonzero().flatten()]).unique().tolist()
+            points, decided = interlude(pending) if pending else (None, [])
+            interlude = None
+            x = check(points) if points is not None and len(points) else None
+            if x is not None:
+                return finish("violated", x)
+            if decided:
+                gone = torch.tensor(decided, device=device)
+                pool.keep(~torch.isin(pool.tensors[2], gone))
+                still[gone] = False
         stats["max_pool"] = max(stats["max_pool"], len(pool))
         if progress is not None:
             progress(stats["domains"], len(pool), pool.lowest())

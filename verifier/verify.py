@@ -12,8 +12,8 @@ Phases (`verify`): a short falsification (PGD, falsification.falsify); then, for
 the dual/CROWN bound of the whole box; it checks candidate points as it splits, and a full falsification runs
 beside it now and then; on a network with at most bab.MILP_SLOT_SPLITTABLE ReLUs and no certificate asked, still
 open after bab.MILP_SLOT_AFTER of the time, the MILP for at most MILP_SLOT_SHARE of the time left, then input
-splitting again to the deadline); for larger inputs the dual pass with adaptive then optimized slopes (the latter stops
-after OPT_SHARE of the time left; on nets whose adaptive pass takes over EARLY_ATTACK_AFTER, one falsification
+splitting goes on to the deadline); for larger inputs the dual pass with adaptive then optimized slopes (the latter
+stops after OPT_SHARE of the time left; on nets whose adaptive pass takes over EARLY_ATTACK_AFTER, one falsification
 round first), then branch and bound on ReLUs (bab.relu_split: the optimized, batched search
 of relu_bab.py with falsification rounds beside it, then the MILP for what it cannot split further). Any network
 graph (convolutions, pooling, residual blocks) takes the same path.
@@ -116,20 +116,13 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
         if trace is not None:
             trace.update(kind="input", events=[])
         confirm = lambda x: checker(box, prop, x) is not None
-        split = lambda until: bab.input_split(network, box, prop, deadline=until, confirm=confirm,
-                                              side_attack=_SideAttack(network, box, prop, seed, deadline),
-                                              trace=None if trace is None else trace["events"], progress=progress)
         small = trace is None and network.n_relus <= bab.MILP_SLOT_SPLITTABLE  # the MILP slot: bab.relu_split's
-        result = split(start + bab.MILP_SLOT_AFTER * timeout if small else deadline)
-        if small and result.status in (UNKNOWN, TIMEOUT) and time.perf_counter() < deadline:
-            now = time.perf_counter()
-            stats["first_split"] = result.stats
-            for key in ("domains", "bound_calls"):
-                stats[key] += result.stats.get(key, 0)
-            status, x, milp_stats = bab.milp_phase(network, box, prop, list(range(len(prop.disjuncts))), None,
-                                                   now + bab.MILP_SLOT_SHARE * (deadline - now), confirm, progress)
-            stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
-            result = bab.BabResult(status, x, milp_stats) if status in (HOLDS, VIOLATED) else split(deadline)
+        slot = bab.milp_slot(network, box, prop, list(range(len(prop.disjuncts))), None, bab.MILP_SLOT_SHARE,
+                             deadline, confirm, progress, stats)
+        result = bab.input_split(network, box, prop, deadline=deadline, confirm=confirm,
+                                 side_attack=_SideAttack(network, box, prop, seed, deadline),
+                                 trace=None if trace is None else trace["events"], progress=progress,
+                                 interlude=slot if small else None, interlude_at=bab.MILP_SLOT_AFTER * timeout)
         phase("input_split", t0)
         return _from_bab(result, box, prop, checker, stats)
     if trace is not None:

@@ -395,9 +395,10 @@ def tiny_graph(request, tmp_path_factory):
 
 def test_graph_verdicts_equal_the_enumeration(tiny_graph, monkeypatch):
     """Conv, residual and MaxPool graphs: relu_split (the optimized search, then the MILP for what it cannot split;
-    no MILP slot for small networks) and the search alone against the enumeration oracle, on single rows,
-    disjunctions, conjunctions and exact ties."""
+    no MILP slot) and the search alone against the enumeration oracle, on single rows, disjunctions, conjunctions and
+    exact ties."""
     monkeypatch.setattr(bab, "MILP_SLOT_SPLITTABLE", 0)
+    monkeypatch.setattr(bab, "MILP_PROBE_SHARE", 0.0)
     net, seed = tiny_graph
     box, C, exact, cases = verdict_cases(net, seed)
     lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
@@ -435,6 +436,60 @@ def test_the_small_network_milp_slot_gives_the_enumerations_verdicts(seed, monke
     net = random_network([3, 7, 7, 3] if seed < 2 else [3, 4, 5, 5, 3], np.random.default_rng(seed))
     stats = assert_relu_split_verdicts(net, seed + 30)
     assert any("milp_slot" in one for one in stats)  # the path ran
+
+
+@pytest.mark.parametrize("share", [bab.MILP_PROBE_SHARE, 1e-9])
+def test_the_probe_milp_slot_gives_the_enumerations_verdicts(share, monkeypatch):
+    """Too little time to refine (20 s) and more root-unstable ReLUs than the small-network slot takes
+    (MILP_SLOT_SPLITTABLE 0): the MILP gets MILP_PROBE_SHARE of the time left inside the search (right after the
+    root round here), and the search goes on with its pool where the MILP does not decide (a share of 1e-9: the MILP
+    gives up at once, every time). The verdicts equal the enumeration's, a tie is never proved."""
+    monkeypatch.setattr(bab, "MILP_SLOT_SPLITTABLE", 0)
+    monkeypatch.setattr(bab, "MILP_SLOT_AFTER", 0.0)
+    monkeypatch.setattr(bab, "MILP_PROBE_SHARE", share)
+    stats = [one for seed in (0, 1) for one in assert_relu_split_verdicts(
+        random_network([3, 7, 7, 3], np.random.default_rng(seed)), seed + 50)]
+    slots = [one["milp_slot"]["status"] for one in stats if "milp_slot" in one]
+    assert slots and (share > 1e-6 or set(slots) == {"timeout"})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_interlude_runs_once_and_the_disjuncts_it_decides_leave_the_search(seed):
+    """relu_bab.search's interlude (bab.relu_split's MILP slot), due after the root round: called once, with the
+    disjuncts still open. Both disjuncts 0.001 inside their exact minima: the search holds whether the interlude
+    decides disjunct 0 or nothing, and the point it returns (row 0's minimizer, safe here) is checked and the search
+    goes on. Disjunct 0's threshold above its minimum: violated, the point confirmed; but held when the interlude
+    decides disjunct 0 and `check` leaves it out (its domains, which no bound can close, are dropped)."""
+    rng, net, box = setup(seed, [3, 6, 6, 3], radius=1.0)
+    C = rng.normal(size=(2, 3))
+    exact = milp.bound(net, box, C, np.zeros(2))
+    lo, hi = torch.tensor(box.lo)[None], torch.tensor(box.hi)[None]
+
+    def run(first: float, decides: list[int], checked=(True, True)):
+        thresholds = np.array([first, exact.lower[1] - 0.001])
+        prop = Property(((C[:1], thresholds[:1]), (C[1:], thresholds[1:])))
+        calls = []
+
+        def interlude(pending):
+            calls.append(pending)
+            return torch.tensor(exact.x[0])[None], [k for k in decides if k in pending]
+
+        def check(points):
+            bad = ((net.forward(points.numpy()) @ C.T <= thresholds) & np.array(checked)).any(1)
+            return points[bad][0].numpy() if bad.any() else None
+
+        d = np.concatenate([prop.objective_rows(k)[1] for k in range(2)])
+        result = relu_bab.search(net, lo, hi, ObjectiveRows.of(prop, 3), root_of(net, box, C, d),
+                                 deadline=time.perf_counter() + 20, check=check, interlude=interlude)
+        return result, calls, prop
+
+    for decides in ([0], []):
+        result, calls, _ = run(exact.lower[0] - 0.001, decides)
+        assert result.status == "holds" and len(calls) == 1 and set(calls[0]) <= {0, 1} and calls[0]
+    result, calls, prop = run(exact.upper[0] + 0.05, [])
+    assert result.status == "violated" and prop.violated_by(net.forward(result.x)) and len(calls) <= 1
+    result, calls, _ = run(exact.upper[0] + 0.05, [0], checked=(False, True))
+    assert result.status == "holds" and 0 in calls[0]
 
 
 def test_a_pool_near_its_memory_cap_is_searched_depth_first(monkeypatch):
