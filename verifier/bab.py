@@ -362,7 +362,7 @@ def milp_slot(network: Network, box: InputBox, prop: Property, open_: list[int],
         stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
         if trace is not None and status == HOLDS:
             trace["milp"] = still
-        return (None if x is None else torch.as_tensor(x)[None]), (pending if status == HOLDS else [])
+        return (None if x is None else torch.as_tensor(x, device="cpu")[None]), (pending if status == HOLDS else [])
 
     return interlude
 

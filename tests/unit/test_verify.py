@@ -200,12 +200,14 @@ def test_progress_reports_the_search_as_it_goes(tmp_path):
         assert reports[-1][2] == 0
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_milp_slot_on_few_inputs_gives_the_enumerations_verdicts(seed, tmp_path, monkeypatch):
+@pytest.mark.parametrize("seed,share", [(0, bab.MILP_SLOT_SHARE), (1, bab.MILP_SLOT_SHARE), (0, 1e-9)])
+def test_the_milp_slot_on_few_inputs_gives_the_enumerations_verdicts(seed, share, tmp_path, monkeypatch):
     """Few inputs (input splitting) and few ReLUs (bab.MILP_SLOT_SPLITTABLE), the slot right away (MILP_SLOT_AFTER
-    0): the MILP decides, the input splitting starts again where it does not. Verdicts equal the enumeration's, a tie
-    is never proved, counterexamples are confirmed by onnxruntime."""
+    0): the MILP decides, the input splitting goes on with its boxes where it does not (a share of 1e-9: the MILP
+    gives up at once, every time). Verdicts equal the enumeration's, a tie is never proved, counterexamples are
+    confirmed by onnxruntime."""
     monkeypatch.setattr(bab, "MILP_SLOT_AFTER", 0.0)
+    monkeypatch.setattr(bab, "MILP_SLOT_SHARE", share)
     net = load_onnx(save_onnx(random_network([4, 6, 6, 3], np.random.default_rng(seed)), tmp_path / "n.onnx"))
     box, C, exact, cases = verdict_cases(net, seed)
     slots = []
@@ -214,5 +216,5 @@ def test_the_milp_slot_on_few_inputs_gives_the_enumerations_verdicts(seed, tmp_p
         assert (verdict.status == expected) if expected else verdict.status != "holds", (expected, verdict.stats)
         if verdict.status == "violated":
             check_counterexample(net, box, prop, verdict)
-        slots.append("milp_slot" in verdict.stats)
-    assert any(slots)  # the path ran
+        slots += [verdict.stats["milp_slot"]["status"]] if "milp_slot" in verdict.stats else []
+    assert slots and (share > 1e-6 or set(slots) == {"timeout"})  # the path ran
