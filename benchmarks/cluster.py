@@ -6,8 +6,8 @@ Usage: python benchmarks/cluster.py scaling [SUITE_DIR] [--timeout-scale S] [--m
                                              [--time-scale 1.0]
 
 scaling: the suite (SUITE_DIR/instances.csv, default ../shared/benchmarks/acasxu) run by `run_suite` in this
-process (serial), on a local Dask cluster of 1 and 2 worker processes (dask1, dask2: how a Dask cluster runs them) and on
-the process pool that `--workers 2` runs (pool2). Per mode: verdicts, start (s: starting the Dask
+process (serial), on a local Dask cluster of 1 and 2 worker processes (dask1, dask2: how a Dask cluster runs them)
+and on the process pool that `--workers 2` runs (pool2). Per mode: verdicts, start (s: starting the Dask
 cluster, paid once per run; the pool starts inside its run), wall (s, the run itself), task s (the tasks' own
 seconds, summed), overhead per task = (wall x workers - task s) / tasks (ms: scheduling, transfers, imports in
 fresh workers and, with 2 workers, the idle tail), speed-up = dask1's wall / this wall. Each run's rows go to

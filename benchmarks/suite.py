@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"{args.suite.name}: {summary['n']} instances")
     for column in ("tool", "solved", "correct", "wrong", "unsolved", "total s", "median s"):
         table.add_column(column, justify="right" if column != "tool" else "left")
-    table.add_row("verifier (this run" + (", fresh processes)" if args.fresh_process else ")"), str(summary["solved"]), str(summary["correct"]), str(summary["wrong"]),
+    name = "verifier (this run" + (", fresh processes)" if args.fresh_process else ")")
+    table.add_row(name, str(summary["solved"]), str(summary["correct"]), str(summary["wrong"]),
                   str(summary["unsolved"]), f"{summary['total_seconds']:.1f}", f"{summary['median_seconds']:.3f}")
     verdicts = args.suite / "verdicts.csv"
     best = {}

@@ -245,10 +245,10 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        With a single unstable layer the refinement has nothing to refine (the first layer's bounds are exact): the
        search's interlude (`relu_bab.search`) right after its root round is instead the MILP of step 2 for the
        disjuncts still open, for at most MILP_SLOT_SHARE of the time left (trusted in a certificate like step 2's);
-       the search goes on with its pool if the MILP has not decided. No certificate asked, a small network (at most
-       MILP_SLOT_SPLITTABLE root-unstable ReLUs) takes that MILP slot too, after the search's first MILP_SLOT_AFTER
-       of the time, instead of the refinement; so does a larger one where there is too little time to refine, for
-       MILP_PROBE_SHARE of the time left.
+       the search goes on with its pool, less the disjuncts the MILP decided. No certificate asked, a small network
+       (at most MILP_SLOT_SPLITTABLE root-unstable ReLUs) takes that MILP slot too, after the search's first
+       MILP_SLOT_AFTER of the time, instead of the refinement; so does a larger one where there is too little time to
+       refine, for MILP_PROBE_SHARE of the time left.
     2. When the MILP pays and phase 1 has run for `milp_after` of the time (or ended with domains it cannot split
        further: "stuck"), the disjuncts some domain still needs go to the big-M MILP (bounds/milp.py with the same
        layer bounds): single-row disjuncts in one MILP that only decides ``min > 0``, a conjunction by one MILP
@@ -311,9 +311,9 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
         status = result.status if result.status != "open" else TIMEOUT if time.perf_counter() > deadline else UNKNOWN
         return BabResult(status, result.x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
     still = [open_[k] for k in result.still.nonzero().flatten().tolist()]
-    status, x, milp_stats = milp_phase(network, box, prop, still, layer_bounds, deadline, confirm, progress)
+    status, x, milp_stats, ruled_out = milp_phase(network, box, prop, still, layer_bounds, deadline, confirm, progress)
     if trace is not None:
-        trace["milp"] = still
+        trace["milp"] += ruled_out
     stats.update(milp_stats, domains=stats["domains"] + milp_stats["domains"],
                  bound_calls=stats["bound_calls"] + milp_stats["bound_calls"])
     return BabResult(status, x, dict(stats, seconds=round(time.perf_counter() - start, 4)))
@@ -352,17 +352,19 @@ def milp_slot(network: Network, box: InputBox, prop: Property, open_: list[int],
               share: float, deadline: float, confirm: Callable, progress: Progress | None, stats: dict,
               trace: dict | None = None) -> Callable[[list[int]], tuple[torch.Tensor | None, list[int]]]:
     """The MILP slot, as a search's interlude (`relu_bab.search`): pending (positions in open_) -> (the MILP's
-    confirmed point (1, n) or None, the pending disjuncts it ruled out: all or none), `milp_phase` for `share` of
+    confirmed point (1, n) or None, the pending disjuncts it ruled out, each on its own), `milp_phase` for `share` of
     the time left before deadline. Its stats go to stats["milp_slot"]; what it rules out, to trace["milp"]."""
 
     def interlude(pending: list[int]) -> tuple[torch.Tensor | None, list[int]]:
         now, still = time.perf_counter(), [open_[k] for k in pending]
-        status, x, milp_stats = milp_phase(network, box, prop, still, layer_bounds, now + share * (deadline - now),
-                                           confirm, progress)
-        stats["milp_slot"] = dict(milp_stats, status=status, seconds=round(time.perf_counter() - now, 4))
-        if trace is not None and status == HOLDS:
-            trace["milp"] = still
-        return (None if x is None else torch.as_tensor(x, device="cpu")[None]), (pending if status == HOLDS else [])
+        status, x, milp_stats, ruled_out = milp_phase(network, box, prop, still, layer_bounds,
+                                                      now + share * (deadline - now), confirm, progress)
+        stats["milp_slot"] = dict(milp_stats, status=status, ruled_out=len(ruled_out),
+                                  seconds=round(time.perf_counter() - now, 4))
+        if trace is not None:
+            trace["milp"] += ruled_out
+        point = None if x is None else torch.as_tensor(x, device="cpu")[None]
+        return point, [k for k in pending if open_[k] in ruled_out]
 
     return interlude
 
@@ -370,7 +372,8 @@ def milp_slot(network: Network, box: InputBox, prop: Property, open_: list[int],
 def milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list | None,
                deadline: float, confirm: Callable, progress: Progress | None = None):
     """Phase 2 of relu_split, and the MILP slots (progress: reported once, phase "MILP", the disjuncts open;
-    layer_bounds None: alpha-CROWN's). Returns (status, x, stats)."""
+    layer_bounds None: alpha-CROWN's). Returns (status, x, stats, the disjuncts of open_ ruled out: all of them when
+    status is HOLDS, and those decided before the time ran out otherwise)."""
     from .bounds import milp  # HiGHS is only loaded when this path runs
 
     if progress is not None:
@@ -378,30 +381,32 @@ def milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int]
     stats = {"domains": 0, "bound_calls": 0, "nodes": 0}
     single = [k for k in open_ if prop.disjuncts[k][0].shape[0] == 1]
     groups = ([("decide", single)] if single else []) + [("conjunction", [k]) for k in open_ if k not in single]
-    undecided = False
+    undecided, ruled_out = False, []
     for mode, members in groups:
         left = deadline - time.perf_counter()
         if left <= 0:
-            return TIMEOUT, None, stats
+            return TIMEOUT, None, stats, ruled_out
         C, d = prop.stacked_rows(members)
         limit = max(left - 0.25, 0.01)
-        if mode == "decide":  # some single row below 0 somewhere?
+        if mode == "decide":  # some single row below 0 somewhere? (one row per member)
             result = milp.bound(network, box, C, d, layer_bounds=layer_bounds, time_limit=limit, decide=0.0)
             candidates = [result.x[j] for j in np.argsort(result.upper) if result.upper[j] <= 0]
-            ruled_out = bool(np.all(proves(result.lower)))
+            ruled = [k for k, lower in zip(members, result.lower) if proves(lower)]
             timed_out = "time_limit" in result.info.get("status", [])
             stats["nodes"] += int(result.info.get("nodes", 0))
         else:  # all rows of the conjunction below 0 at one point?
             lower, upper, x, status = milp.min_max(network, box, C, d, layer_bounds=layer_bounds, time_limit=limit,
                                                    decide=0.0)
-            candidates, ruled_out, timed_out = ([x] if upper <= 0 else []), proves(lower), status == "time_limit"
+            candidates, timed_out = ([x] if upper <= 0 else []), status == "time_limit"
+            ruled = members if proves(lower) else []
         stats["bound_calls"] += 1
         stats["domains"] += 1
         for x in candidates:
             if confirm(x):
-                return VIOLATED, x, stats
-        if not ruled_out:
+                return VIOLATED, x, stats, ruled_out
+        ruled_out += ruled
+        if len(ruled) < len(members):
             if timed_out or time.perf_counter() > deadline:
-                return TIMEOUT, None, stats
+                return TIMEOUT, None, stats, ruled_out
             undecided = True
-    return (UNKNOWN if undecided else HOLDS), None, stats
+    return (UNKNOWN if undecided else HOLDS), None, stats, ruled_out

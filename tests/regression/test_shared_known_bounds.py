@@ -336,7 +336,8 @@ def test_milp_equals_exact_values(instance):
     for n, j in enumerate(rows):
         obj, lb = objective[j], best[j]
         tol = SOUND_TOL * max(1.0, abs(obj))
-        assert got.lower[n] <= obj + tol and lb <= got.upper[n] + tol, (instance, j, got.lower[n], got.upper[n], lb, obj)
+        assert got.lower[n] <= obj + tol and lb <= got.upper[n] + tol, \
+            (instance, j, got.lower[n], got.upper[n], lb, obj)
         if seconds[j] <= 5:  # quick for them: must be quick and exact for us too (the slow rows: consistency only)
             assert got.info["status"][n] == "optimal", (instance, j, got.info["status"][n])
             assert abs(got.upper[n] - obj) <= MIP_REL_GAP * max(1.0, abs(obj)), (instance, j, got.upper[n], obj)

@@ -492,6 +492,21 @@ def test_an_interlude_runs_once_and_the_disjuncts_it_decides_leave_the_search(se
     assert result.status == "holds" and 0 in calls[0]
 
 
+def test_the_milp_rules_out_disjuncts_one_by_one():
+    """bab.milp_phase (the MILP slots' and relu_split's phase 2) names each disjunct it rules out, so that the search
+    drops them even when the MILP does not decide the whole property: a single row 0.01 inside its exact minimum
+    and a conjunction 0.01 inside its exact min-max are ruled out; the same conjunction at its exact min-max (a tie,
+    with no point confirmed) is not, and the property stays undecided."""
+    rng, net, box = setup(3, [3, 6, 6, 3], radius=1.0)
+    C = rng.normal(size=(3, 3))
+    single = milp.bound(net, box, C[:1], np.zeros(1)).lower[0]
+    tie = milp.min_max(net, box, C[1:], np.zeros(2))[0]
+    prop = Property(((C[1:], np.full(2, tie)), (C[:1], np.array([single - 0.01])), (C[1:], np.full(2, tie - 0.01))))
+    status, x, stats, ruled_out = bab.milp_phase(net, box, prop, [0, 1, 2], None, time.perf_counter() + 30,
+                                                 confirm=lambda x: False)
+    assert status == "unknown" and x is None and sorted(ruled_out) == [1, 2] and stats["bound_calls"] == 3
+
+
 def test_a_pool_near_its_memory_cap_is_searched_depth_first(monkeypatch):
     """With a pool cap of 2 domains per splittable neuron, instances whose best-first pool outgrows it are still
     decided: past half the cap the deepest domains go first and a round never pops more than the room left. Never
