@@ -141,8 +141,9 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
     bounded on wide networks. max_pool: open boxes kept at most (beyond: "unknown").
     trace: a list that gets, per step, ("bound", ids, lo, hi, clipped lo, clipped hi, open) and ("split", ids,
     dim, mid, left ids, right ids) (box 0 is the root): the search tree, for certificates (certificate.py).
-    progress: see `Progress` (phase "input split"). interlude, interlude_at: as `relu_bab.search`'s (every box
-    needs every disjunct: the search holds once the interlude decides them all).
+    progress: see `Progress` (phase "input split"). interlude, interlude_at: as `relu_bab.search`'s (the search
+    holds once the interlude decides every disjunct; without a trace, the boxes are bounded for the others only
+    from then on).
     """
     start = time.perf_counter()
     network = network.to("cpu", torch.float64)
@@ -198,6 +199,10 @@ def input_split(network: Network, box: InputBox, prop: Property, *, deadline: fl
                 x = None if points is None else check_candidates(network, rows, points, confirm)[0]
                 if x is not None or len(decided) == len(prop.disjuncts):
                     return finish(HOLDS if x is None else VIOLATED, x)
+                if decided and trace is None:  # the boxes need only the other disjuncts from now on
+                    rows = ObjectiveRows.of(Property(tuple(disjunct for k, disjunct in enumerate(prop.disjuncts)
+                                                           if k not in decided)), network.n_outputs)
+                    bounder.rows = rows
             if time.perf_counter() > deadline:
                 return finish(TIMEOUT)
             if len(pool) > max_pool:

@@ -158,6 +158,27 @@ def test_input_split_rejects_candidates_the_checker_refuses_and_keeps_the_deadli
     assert result.stats["candidates_tried"] >= 1
 
 
+@pytest.mark.parametrize("decides", [[0], []])
+def test_the_disjuncts_an_interlude_decides_leave_input_splitting(decides):
+    """bab.input_split's interlude (verify's MILP slot), due at once, returns the disjuncts it rules out; the boxes
+    are bounded for the others only from then on. Disjunct 0 is met on part of the box, but the checker refuses
+    its points (as if the MILP had ruled it out); disjunct 1 holds by 0.05. Decided: the search holds. Not decided:
+    no box where disjunct 0 is met ever closes, and it does not."""
+    rng, net, box = problem(5, 3, 2, 6, False)
+    C = rng.normal(size=(2, 3))
+    low = exact_min(net, box, C)
+    prop = Property(((C[:1], low[:1] + 0.3), (C[1:], low[1:] - 0.05)))
+    calls = []
+
+    def interlude(pending):
+        calls.append(pending)
+        return None, decides
+
+    confirm = lambda x: bool((net.forward(x[None]) @ C[1:].T <= low[1:] - 0.05).all())  # disjunct 1 only
+    result = bab.input_split(net, box, prop, deadline=time.perf_counter() + 3, confirm=confirm, interlude=interlude)
+    assert calls == [[0, 1]] and result.status == ("holds" if decides else "timeout")
+
+
 def test_side_attack_points_are_checked():
     rng, net, box = problem(5, 3, 2, 8, False)
     C = np.array([[0.0, 1.0, -1.0]])
