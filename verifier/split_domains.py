@@ -40,6 +40,7 @@ from .bounds import engine, milp
 from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
 from .bounds.interval import relu_inputs
+from .bounds.windows import max_windows, window_bound
 from .network import Network
 from .spec import InputBox
 
@@ -77,6 +78,7 @@ class SplitDomains:
             self.slices[r] = slice(start, start + self.cols[r].numel())
             start += self.cols[r].numel()
         self.n_split = start
+        self.windows = {k: w for k, w in max_windows(network).items() if w[0] in self.relus}  # ReLU sources only
         self.last_input = network.nodes[self.relus[-1]].inputs[0] if self.relus else None
         self.narrowing = [0.0, 0]  # re-tightenings of the last ReLU layer's inputs: sum of (1 - new / old width), count
         self.layer_starts = torch.tensor([self.slices[r].start for r in self.relus], device=device)
@@ -135,6 +137,9 @@ class SplitDomains:
                     if k == self.last_input:
                         self._count_narrowing(part[k], new[k])
         relax = {r: engine.relax(*bounds[self.network.nodes[r].inputs[0]], "adaptive") for r in self.relus}
+        for k, window in self.windows.items():  # the source ReLU's values lie in its clipped input bounds
+            source = bounds[self.network.nodes[window[0]].inputs[0]]
+            relax[k] = window_bound(window, *(x.clamp(min=0) for x in source), relax)
         empty = torch.zeros(B, dtype=torch.bool, device=self.device)
         used_l, used_u = [], []
         for r in self.relus:
@@ -232,6 +237,7 @@ class SplitDomains:
             s = torch.zeros(len(cand), int(np.prod(self.shapes[r])), dtype=torch.float64, device=self.device)
             s[:, self.cols[r]] = children[:, self.slices[r]].double()
             sign[r] = s.reshape(len(cand), *self.shapes[r])
+        relaxations.update({k: relax[k].select(parent) for k in self.windows})
         with torch.no_grad():
             lower = self._pass(relaxations, sign, self.C[disjunct[parent]], self.d[disjunct[parent]],
                                alpha[parent].double(), beta[parent].double())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from graph_models import KINDS, TINY_KINDS, dense_expansion, random_graph_file
-from verifier.bounds import dual, encode, interval, lp, milp
+from verifier.bounds import dual, encode, engine, interval, lp, milp
 from verifier.bounds.enumerate import MAX_RELUS, enumerate_bound
 from verifier.network import Network
 from verifier.onnx import load_onnx, run_onnxruntime, save_onnx
@@ -99,8 +99,11 @@ def test_lp_on_graphs_is_sound_and_at_least_the_dual_pass(graph, eps):
     assert np.all(res.lower <= (graph.forward(samples(box, rng)) @ C.T + d).min(axis=0) + 1e-9)
 
 
-def test_lp_on_a_conv_graph_equals_the_lp_of_its_dense_expansion(graph):
+def test_lp_on_a_conv_graph_equals_the_lp_of_its_dense_expansion(graph, monkeypatch):
+    """(MaxPool's whole windows, which the expansion's dense Gathers hide, left out: test_max_windows.py.)"""
     _, box, C, d = problem(graph, 3, 0.05)
+    for module in (engine, encode):
+        monkeypatch.setattr(module, "max_windows", lambda network: {})
     dense = dense_expansion(graph)
     a, b = lp.bound(graph, box, C, d), lp.bound(dense, box, C, d)
     np.testing.assert_allclose(a.lower, b.lower, rtol=0, atol=1e-7)

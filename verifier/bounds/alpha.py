@@ -66,7 +66,7 @@ def optimize(network: Network, lo: Tensor, hi: Tensor, C: Tensor, d: Tensor, giv
     with torch.no_grad():
         bounds, relaxations = engine.node_bounds(network, lo, hi, "adaptive", given, reference=reference, ball=ball)
         best = engine.rows_lower(network, lo, hi, C, d, bounds, relaxations, ball=ball)
-    cols = {r: rel.unstable.reshape(B, -1).any(0).nonzero().flatten() for r, rel in relaxations.items()}
+    cols = {r: relaxations[r].unstable.reshape(B, -1).any(0).nonzero().flatten() for r in network.relu_nodes}
     cols = {r: c for r, c in cols.items() if c.numel()}
     if not cols or iterations <= 0:
         return best, bounds, relaxations, None

@@ -17,7 +17,9 @@ neuron (l >= 0, u > 0) ``z = zh``; a stable inactive one (u <= 0) ``z = 0`` (fix
 indicator a in {0, 1}: ``z >= zh, z >= 0, z <= u a, z <= zh - l (1 - a)``; there the valid bounds l <= zh <= u,
 0 <= z <= max(u, 0) are also set on every neuron (they help the MILP solver and cannot change its exact value).
 The stable/unstable split is the bound engine's (inactive when u <= 0, unstable when l < 0 < u), and the LP leaves
-the pre-activations free: it is exactly the dual pass with free lower slopes.
+the pre-activations free: it is exactly the dual pass with free lower slopes. The triangle LP also takes, at the
+top of each MaxPool tree over a ReLU node's output, the upper line of each window's maximum over its entries
+(`windows.threshold_line`: the dual pass uses that line where it beats the tree's, the LP has both).
 
 Input sets: a box gives the bounds of x. An L2/L1 ball (`spec.InputBall`) gives its bounding box as x's bounds
 and, for L1, auxiliary variables t (n_inputs, after everything else) with ``-t <= x - x0 <= t``, ``sum t <= eps``
@@ -34,10 +36,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from .. import ops, solvers
 from ..network import Network
 from ..spec import InputBall, InputBox, bounding_box
+from .windows import max_windows, threshold_line
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +124,19 @@ def _last_uses(network: Network, target: int) -> dict:
     return last
 
 
+def _window_rows(ineq: _Rows, top: tuple, source: tuple, window: tuple, source_input: tuple) -> None:
+    """The upper lines of a MaxPool's maxima over their whole windows (`windows.threshold_line`), rows
+    ``v_top - W v_source <= offset``: values (M, c) of the top and the source (a ReLU node, whose input bounds are
+    source_input), window as `windows.max_windows` gives it."""
+    _, index, first, _ = window
+    l, u = (torch.as_tensor(np.maximum(x, 0.0)[index.numpy()])[None] for x in source_input)
+    coef, offset = (x[0].numpy() for x in threshold_line(l, u, first))
+    n, m = index.shape
+    W = sp.csr_matrix((coef.ravel(), (np.repeat(np.arange(n), m), index.numpy().ravel())),
+                      shape=(n, source[0].shape[0]))
+    ineq.add((top[0] - W @ source[0]).tocsr(), offset - top[1] + W @ source[1])
+
+
 def build_problem(network: Network, box: InputBox | InputBall, layer_bounds: list, target: int | None = None,
                   kind: str = "triangle") -> tuple[solvers.LinearProblem, Layout]:
     """The LP (kind "triangle") or MILP (kind "bigm") of the network up to node `target` (default: the output),
@@ -155,6 +172,10 @@ def build_problem(network: Network, box: InputBox | InputBall, layer_bounds: lis
         ineq.add(sp.csr_matrix((np.ones(n0), aux, [0, n0]), shape=(1, n)), ball.eps)
         lb[aux], ub[aux] = 0.0, ball.eps
     last_use = _last_uses(network, target)
+    windows = {k: w for k, w in max_windows(network).items() if k <= target and w[0] in relus} \
+        if kind == "triangle" else {}
+    for k, (source, *_) in windows.items():  # the source's value is read again at the window's top
+        last_use[source] = max(last_use[source], k)
     for k in range(1, target + 1):
         node = network.nodes[k]
         if isinstance(node.op, ops.ReLU):
@@ -197,6 +218,8 @@ def build_problem(network: Network, box: InputBox | InputBall, layer_bounds: lis
             inputs = [values[i] for i in node.inputs]
             M = inputs[0][0] if len(inputs) == 1 else sp.vstack([m for m, _ in inputs], format="csr")
             values[k] = ((A @ M).tocsr(), A @ np.concatenate([const for _, const in inputs]) + offset)
+            if k in windows:
+                _window_rows(ineq, values[k], values[windows[k][0]], windows[k], bounds[relus.index(windows[k][0])])
         for i in node.inputs:  # values nobody reads any more: free (they can be large on conv nets)
             if last_use[i] == k and i != target:
                 values.pop(i, None)

@@ -14,6 +14,10 @@ unstable, anything else active (h = z). On unstable neurons the upper line has s
 offset ``-s l``; the lower slope is "wk" (alpha = s), "adaptive" (alpha = 1 if u >= -l else 0) or given
 (clipped to [0, 1]).
 
+MaxPool (rewritten into ReLUs at load): at the top of each pool's tree, the negative coefficients may skip the
+tree and go straight to the window's entries by `window_bound`'s upper line, where that line is lower than the
+tree's own at the centre of the entries' box (bounds/windows.py).
+
 Layer bounds (the inputs of every ReLU node, then the output) are computed in topological order: interval
 arithmetic from the bounds so far, intersected with given bounds; then, for the neurons still unstable
 in some box of the batch, a backward pass from that node (rows +e_i and -e_i) intersected with them. A ReLU input
@@ -38,6 +42,7 @@ from .. import ops
 from ..network import Network
 from ..norms import ball_box_lower, dual_norm
 from .interval import interval_step
+from .windows import WindowBound, max_windows, window_bound
 
 Tensor = torch.Tensor
 MAX_ENTRIES = 256  # entries of one node bounded per backward pass (2 rows each): caps the passes' memory
@@ -135,6 +140,18 @@ def backward(network: Network, top: int, A: Tensor, const: Tensor, relaxations: 
         if k not in rows:
             continue
         A, node = rows.pop(k), network.nodes[k]
+        window = relaxations.get(k)
+        if isinstance(window, WindowBound):  # a maximum: its upper line under the negative coefficients
+            neg = A.clamp(max=0) * window.use.reshape(-1, 1, *A.shape[2:])
+            A = A - neg
+            neg = neg.reshape(*A.shape[:2], -1)  # (B, K, n)
+            const = const + (neg * window.offset).sum(-1)
+            shape = network.nodes[window.source].op.out_shape
+            part = neg.new_zeros(*neg.shape[:2], int(np.prod(shape)))
+            for i in range(window.index.shape[1]):  # entry by entry: (B, K, n) at a time, not (B, K, n, m)
+                part.index_add_(2, window.index[:, i], neg * window.coef[..., i])
+            part = part.reshape(*part.shape[:2], *shape)
+            rows[window.source] = rows[window.source] + part if window.source in rows else part
         if isinstance(node.op, ops.ReLU):
             if record is not None:
                 record[k] = A
@@ -263,7 +280,7 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
     pre_activation = pre_activations(network)
     bounds = {0: (lo.reshape(lo.shape[0], *network.input_shape), hi.reshape(hi.shape[0], *network.input_shape))}
     relaxations: dict = {}
-    batch = lo.shape[0]
+    batch, windows = lo.shape[0], max_windows(network)
     for k in range(1, len(network.nodes)):
         node = network.nodes[k]
         if k in given and k in pre_activation:
@@ -280,6 +297,8 @@ def node_bounds(network: Network, lo: Tensor, hi: Tensor, rule: str = "adaptive"
         bounds[k] = (l, u)
         if isinstance(node.op, ops.ReLU):
             relaxations[k] = relax(*bounds[node.inputs[0]], rule)
+        elif k in windows:
+            relaxations[k] = window_bound(windows[k], *bounds[windows[k][0]], relaxations)
     return bounds, relaxations
 
 

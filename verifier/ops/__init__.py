@@ -20,11 +20,13 @@ The protocol of a linear operator (`Linear`), for inputs x_1..x_m of `in_shapes`
   vectors (inputs stacked in order), for LP/MILP encodings and tests.
 
 MaxPool is not an operator here: the loader rewrites it exactly into ReLUs, ``max(a, b) = b + relu(a - b)``, a
-balanced tree over each window (`maxpool_tree` in onnx.py). Why the exact rewrite rather than a relaxation: every
-method then handles MaxPool with no new code and stays exact where it is exact (MILP, ReLU splitting in branch and
-bound), the backward bound pass only knows ReLUs, and the relaxation it induces (triangles of the differences,
-with their own back-substituted bounds) is about as tight as a dedicated max relaxation. The cost: log2(k) ReLU
-levels per k-window, and interval arithmetic alone is looser on it than on a native max.
+balanced tree over each window (`_max_pool` in onnx_handlers.py). Why the exact rewrite rather than an operator:
+every method then handles MaxPool with no new code and stays exact where it is exact (MILP, ReLU splitting in
+branch and bound). The cost: log2(k) ReLU levels per k-window, and the relaxation the tree induces (triangles of
+the differences) has upper lines that are convex combinations of the entries, which can be far above the
+maximum. Two places see the tree as a whole: interval arithmetic (the maximum of the entries' intervals,
+`interval.interval_step`) and the bound engine, which bounds each pool's maximum from above by a line over its
+window's entries when that line is lower (`bounds/windows.py`).
 """
 from .base import Input, Linear, ReLU, Shape, Tensor
 from .moves import Concat, Gather, Pad, Reshape, Sum, Transpose
