@@ -22,7 +22,7 @@ def test_the_upper_line_lies_above_the_maximum_at_every_point():
     repeat = torch.zeros_like(index, dtype=torch.bool)
     repeat.scatter_(1, order[:, 1:], ordered[:, 1:] == ordered[:, :-1])
     l = torch.as_tensor(rng.normal(size=(B, n_source)))
-    u = l + torch.as_tensor(rng.exponential(size=(B, n_source))) * (rng.random((B, n_source)) > 0.2)  # some l = u
+    u = l + torch.as_tensor(rng.exponential(size=(B, n_source)) * (rng.random((B, n_source)) > 0.2))  # some l = u
     coef, offset = windows.threshold_line(l[:, index], u[:, index], ~repeat)
     assert coef.shape == (B, n, m) and bool(((coef >= 0) & (coef <= 1)).all())
     points = l.unsqueeze(1) + (u - l).unsqueeze(1) * torch.as_tensor(rng.random((B, 500, n_source)))
@@ -64,7 +64,7 @@ def test_maxpool_rows_stay_below_the_exact_minimum_and_gain_over_the_triangles(t
     centre, radius = rng.uniform(0, 1, net.n_inputs), 0.06
     box = InputBox(centre - radius, centre + radius)
     C = rng.normal(size=(4, net.n_outputs))
-    lo, hi = (torch.as_tensor(v)[None] for v in (box.lo, box.hi))
+    lo, hi = (torch.tensor(v)[None] for v in (box.lo, box.hi))
     with_windows, _ = engine.crown(net, lo, hi, torch.as_tensor(C))
     monkeypatch.setattr(engine, "max_windows", lambda network: {})
     triangles, _ = engine.crown(net, lo, hi, torch.as_tensor(C))
