@@ -128,9 +128,9 @@ def _window_rows(ineq: _Rows, top: tuple, source: tuple, window: tuple, source_i
     """The upper lines of a MaxPool's maxima over their whole windows (`windows.threshold_line`), rows
     ``v_top - W v_source <= offset``: values (M, c) of the top and the source (a ReLU node, whose input bounds are
     source_input), window as `windows.max_windows` gives it."""
-    _, index, first, _ = window
+    _, index, counted, _ = window
     l, u = (torch.as_tensor(np.maximum(x, 0.0)[index.numpy()])[None] for x in source_input)
-    coef, offset = (x[0].numpy() for x in threshold_line(l, u, first))
+    coef, offset = (x[0].numpy() for x in threshold_line(l, u, counted))
     n, m = index.shape
     W = sp.csr_matrix((coef.ravel(), (np.repeat(np.arange(n), m), index.numpy().ravel())),
                       shape=(n, source[0].shape[0]))

@@ -18,14 +18,14 @@ Tensor = torch.Tensor
 
 
 def max_windows(network: Network) -> dict:
-    """{node id: (source id, index (n, m) int64 tensor, first (n, m) bool tensor, levels)} for every node k that
+    """{node id: (source id, index (n, m) int64 tensor, counted (n, m) bool tensor, levels)} for every node k that
     computes a maximum (`max_operands`) of two Gathers of one node and is not itself gathered into such a maximum:
-    flat(v_k)[j] is the maximum of the source's flat entries index[j] (first marks each entry's first occurrence in
-    its row; entries repeat where windows overlap or pad). levels: the rewrite's steps from the source up, per
-    step (its ReLU's id, the two Gathers' indices (n_step,)): ``v = b + relu(a - b)``, a and b the previous
-    step's entries (the source's, first) at those indices.
-    Gathers of a node that is itself such a maximum are followed down to its own source, so a MaxPool of a MaxPool
-    is one window over the first one's input (max of maxes is the max of the union)."""
+    flat(v_k)[j] is the maximum of the source's flat entries index[j, counted[j]], each once (a row with fewer
+    entries repeats one of them where counted is False). levels: the rewrite's steps from the source up, per step
+    (its ReLU's id, the two Gathers' indices (n_step,)): ``v = b + relu(a - b)``, a and b the previous step's
+    entries (the source's, first) at those indices. Gathers of a node that is itself such a maximum are followed
+    down to its own source, so a MaxPool of a MaxPool is one window over the first one's input (max of maxes is
+    the max of the union)."""
     windows, inner = {}, set()
     for k in range(1, len(network.nodes)):
         pair = max_operands(network, k)
@@ -34,16 +34,28 @@ def max_windows(network: Network) -> dict:
                 or gathers[0].inputs != gathers[1].inputs:
             continue
         parent = gathers[0].inputs[0]
-        source, index, _, levels = windows[parent] if parent in windows else (parent, None, None, ())
+        source, entries, levels = windows[parent] if parent in windows else (parent, None, ())
         inner.add(parent)
         picks = [g.op.index.cpu().reshape(-1, 1) for g in gathers]
-        index = torch.cat([p if index is None else index[p[:, 0]] for p in picks], 1)
-        ordered, order = index.sort(1)
-        repeat = torch.zeros_like(index, dtype=torch.bool)
-        repeat.scatter_(1, order[:, 1:], ordered[:, 1:] == ordered[:, :-1])
+        entries = torch.cat([p if entries is None else entries[p[:, 0]] for p in picks], 1)  # (n, 2^depth)
         levels = levels + ((network.nodes[k].inputs[0], picks[0][:, 0], picks[1][:, 0]),)
-        windows[k] = (source, index, ~repeat, levels)
-    return {k: w for k, w in windows.items() if k not in inner}
+        windows[k] = (source, entries, levels)
+    return {k: (source, *_distinct(entries), levels) for k, (source, entries, levels) in windows.items()
+            if k not in inner}
+
+
+def _distinct(entries: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's distinct entries (n, m) -> (index (n, d), counted (n, d)), d the most any row has; a row with
+    fewer repeats its smallest entry, not counted."""
+    ordered = entries.sort(1).values
+    fresh = torch.ones_like(ordered, dtype=torch.bool)
+    fresh[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    rank = fresh.cumsum(1) - 1
+    index = ordered[:, :1].repeat(1, int(rank[:, -1].max()) + 1)
+    counted = torch.zeros_like(index, dtype=torch.bool)
+    rows, cols = fresh.nonzero(as_tuple=True)
+    index[rows, rank[rows, cols]], counted[rows, rank[rows, cols]] = ordered[rows, cols], True
+    return index, counted
 
 
 @dataclass(frozen=True)
@@ -65,37 +77,35 @@ class WindowBound:
         return WindowBound(self.source, self.index, self.coef[index], self.offset[index], self.use[index])
 
 
-def threshold_line(l: Tensor, u: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
+def threshold_line(l: Tensor, u: Tensor, counted: Tensor) -> tuple[Tensor, Tensor]:
     """(c (B, n, m), offset (B, n)) of the upper line ``max_i x_i <= sum_i c_i x_i + offset`` of each window of
-    entries with bounds l, u (B, n, m), first (n, m) marking the entries counted (`window_bound`)."""
-    top = torch.where(first, u, torch.full_like(u, -torch.inf))
+    entries with bounds l, u (B, n, m), counted (n, m) marking the entries counted (`window_bound`)."""
+    top = torch.where(counted, u, torch.full_like(u, -torch.inf))
     T = torch.maximum(l.amax(-1), top.topk(min(3, top.shape[-1]), -1).values[..., -1])
     width = u - l
-    coef = torch.where(first & (width > 0), ((u - T.unsqueeze(-1)) / width.clamp(min=1e-300)).clamp(0, 1), 0)
+    coef = torch.where(counted & (width > 0), ((u - T.unsqueeze(-1)) / width.clamp(min=1e-300)).clamp(0, 1), 0)
     return coef, T - (coef * l).sum(-1)
 
 
 def window_bound(window: tuple, l: Tensor, u: Tensor, relaxations: dict) -> WindowBound:
-    """The upper line of ``y = max_i x_i`` over each window (source, index (n, m), first (n, m), levels) for the
-    source's bounds l, u (B, *shape): for any T >= L = max_i l_i, ``y <= T + sum_i c_i (x_i - l_i)`` with
+    """The upper line of ``y = max_i x_i`` over each window (`max_windows`) for the source's bounds l, u
+    (B, *shape): for any T >= L = max_i l_i, ``y <= T + sum_i c_i (x_i - l_i)`` with
     ``c_i = clip((u_i - T) / (u_i - l_i), 0, 1)`` (where y > T it is some x_j - T, under the chord of (x_j - T)^+
     on [l_j, u_j]; every other term is >= 0), each entry counted once. T = max(L, the third largest u_i): the T
     minimising the line at the centre of the entries' box. The rewrite's nested triangles (relaxations: its ReLUs')
     give upper lines whose coefficients are convex weights; this one's need not sum to 1 (T = L: the sum of the
     entries' excesses; T = max u: the constant). Neither is always lower, so use[j] where this line is lower at
     the centre (there, the mean over the box). Measured: docs/search.md, "MaxPool windows as a whole"."""
-    source, index, first, levels = window
+    source, index, counted, levels = window
     index = index.to(l.device)
     flat_l, flat_u = (x.reshape(x.shape[0], -1)[:, index] for x in (l, u))  # (B, n, m)
-    coef, offset = threshold_line(flat_l, flat_u, first.to(l.device))
-    tree, tree_offset = torch.ones_like(l.reshape(l.shape[0], -1, 1)), torch.zeros_like(l.reshape(l.shape[0], -1))
+    coef, offset = threshold_line(flat_l, flat_u, counted.to(l.device))
+    tree = ((l + u) / 2).reshape(l.shape[0], -1)  # the tree's upper line at the centre, level by level
     for relu, a, b in levels:  # v = b + relu(a - b) <= s a + (1 - s) b + t, s and t the ReLU's upper line
         slope, shift = (x.reshape(x.shape[0], -1) for x in (relaxations[relu].upper_slope,
                                                              relaxations[relu].upper_offset))
         a, b = a.to(l.device), b.to(l.device)
-        tree = torch.cat([slope.unsqueeze(-1) * tree[:, a], (1 - slope).unsqueeze(-1) * tree[:, b]], -1)
-        tree_offset = slope * tree_offset[:, a] + (1 - slope) * tree_offset[:, b] + shift
-    centre = (flat_l + flat_u) / 2
-    use = (coef * centre).sum(-1) + offset < (tree * centre).sum(-1) + tree_offset
+        tree = slope * tree[:, a] + (1 - slope) * tree[:, b] + shift
+    use = (coef * (flat_l + flat_u) / 2).sum(-1) + offset < tree
     coef, offset = torch.where(use.unsqueeze(-1), coef, 0), torch.where(use, offset, 0)
     return WindowBound(source, index, coef.unsqueeze(1), offset.unsqueeze(1), use.unsqueeze(1))
