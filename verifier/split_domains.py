@@ -92,10 +92,11 @@ class SplitDomains:
 
     def relaxations(self, splits: Tensor, inherited: tuple | None = None, newest: Tensor | None = None
                     ) -> tuple[dict, dict, Tensor, tuple]:
-        """Per ReLU node, the domains' relaxations (B, 1, *shape) and split signs (B, *shape) for splits (B, N),
-        which domains are empty (B,) (some neuron's l > u, beyond rounding: a domain where a neuron takes a single
-        value gets l = u computed two ways, and they may cross by ~1e-17), and the bounds (l, u) (B, N) of the
-        splittable neurons they used (for the domains' children).
+        """Per ReLU node, the domains' relaxations (B, 1, *shape) (and per MaxPool top over a ReLU node, its
+        window's: bounds/windows.py) and split signs (B, *shape) for splits (B, N), which domains are empty (B,)
+        (some neuron's l > u, beyond rounding: a domain where a neuron takes a single value gets l = u computed two
+        ways, and they may cross by ~1e-17), and the bounds (l, u) (B, N) of the splittable neurons they used (for
+        the domains' children).
 
         The root's bounds, or the parent domains' (inherited (l, u) (B, N): valid, as a child's inputs are some of
         its parent's), with the split neurons' made exact; with self.retighten, the inputs of the RETIGHTEN_LAYERS
