@@ -39,7 +39,7 @@ import torch
 from .bounds import engine, milp
 from .bounds.base import PROOF_MARGIN
 from .bounds.alpha import adam_step, scatter_columns
-from .bounds.interval import relu_inputs
+from .bounds.interval import interval_step, relu_inputs
 from .bounds.windows import max_windows, window_bound
 from .network import Network
 from .spec import InputBox
@@ -138,9 +138,8 @@ class SplitDomains:
                     if k == self.last_input:
                         self._count_narrowing(part[k], new[k])
         relax = {r: engine.relax(*bounds[self.network.nodes[r].inputs[0]], "adaptive") for r in self.relus}
-        for k, window in self.windows.items():  # the source ReLU's values lie in its clipped input bounds
-            source = bounds[self.network.nodes[window[0]].inputs[0]]
-            relax[k] = window_bound(window, *(x.clamp(min=0) for x in source), relax)
+        for k, window in self.windows.items():  # the source ReLU's bounds: its input's, clipped
+            relax[k] = window_bound(window, *interval_step(self.network, window[0], bounds), relax)
         empty = torch.zeros(B, dtype=torch.bool, device=self.device)
         used_l, used_u = [], []
         for r in self.relus:
