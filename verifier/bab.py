@@ -24,16 +24,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .bab_milp import milp_phase, milp_slot
 from .bounds import symbolic
-from .bounds.base import PROOF_MARGIN, proves
+from .bounds.base import PROOF_MARGIN
 from .bounds.interval import by_node
 from .pool import Pool
 from .relu_bab import search
 from .network import Network
 from .objective_rows import ObjectiveRows, check_candidates
-from .spec import InputBox, Property
+from .spec import HOLDS, TIMEOUT, UNKNOWN, VIOLATED, InputBox, Property
 
-HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"
 # progress(phase, domains the phase bounded, open domains (disjuncts: MILP), their lowest bound or None): each step
 Progress = Callable[[str, int, int, float | None], None]
 STEP_SECONDS = 0.2  # target duration of one branch-and-bound step (see input_split's max_batch)
@@ -55,6 +55,8 @@ MILP_SLOT_SHARE = 0.6  # with one ReLU layer unstable (up to MILP_ONE_LAYER_MAX 
 MILP_ONE_LAYER_MAX = 20000  # this share of the time left right after the search's root round (not the
 # refinement: the first layer's bounds are exact); measured on verivital avgpool (4,410-5,299 unstable: README;
 # HiGHS prunes at its root, the triangle relaxation of one layer being nearly tight); 20,000 caps the model's size
+ONE_LAYER_REST = 0.1  # so too (under MILP_MAX_SPLITTABLE) with at most this share of them after the first unstable
+# layer (measured: docs/search.md, "The MILP slot on small networks")
 
 
 @dataclass(frozen=True)
@@ -247,9 +249,10 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
        while that pays (`_refine_in_stages`; bounded again by alpha-CROWN over the refined bounds; the neurons seen
        on both sides are narrowed too), and the search starts again from the refined root, for the disjuncts the
        first search left open. The shares: docs/search.md.
-       With a single unstable layer the refinement has nothing to refine (the first layer's bounds are exact): the
-       search's interlude (`relu_bab.search`) right after its root round is instead the MILP of step 2 for the
-       disjuncts still open, for at most MILP_SLOT_SHARE of the time left (trusted in a certificate like step 2's);
+       With a single unstable layer the refinement has nothing to refine (the first layer's bounds are exact), with
+       nearly one (at most ONE_LAYER_REST of them after it) little: the search's interlude (`relu_bab.search`)
+       right after its root round is instead the MILP of step 2 for the disjuncts still open, for at most
+       MILP_SLOT_SHARE of the time left (trusted in a certificate like step 2's);
        the search goes on with its pool, less the disjuncts the MILP decided. No certificate asked, a small network
        (at most MILP_SLOT_SPLITTABLE root-unstable ReLUs) takes that MILP slot too, after the search's first
        MILP_SLOT_AFTER of the time, instead of the refinement; so does a larger one where there is too little time to
@@ -277,8 +280,10 @@ def relu_split(network: Network, box: InputBox, prop: Property, open_: list[int]
     root = by_node(network, layer_bounds)
     unstable = [int(((l < 0) & (u > 0)).sum()) for (l, u) in (root[network.nodes[r].inputs[0]]
                                                                for r in network.relu_nodes)]
-    splittable, one_layer = sum(unstable), sum(n > 0 for n in unstable) == 1
-    use_milp = splittable <= MILP_MAX_SPLITTABLE or (one_layer and splittable <= MILP_ONE_LAYER_MAX)
+    splittable, first = sum(unstable), next((i for i, n in enumerate(unstable) if n), 0)
+    later = sum(unstable[first + 1:])  # after the first layer with some: (nearly) one layer unstable, or not
+    one_layer = splittable > 0 and later <= ONE_LAYER_REST * splittable
+    use_milp = splittable <= MILP_MAX_SPLITTABLE or (one_layer and not later and splittable <= MILP_ONE_LAYER_MAX)
     phase1_end = start + milp_after * (deadline - start) if use_milp else deadline
     lo, hi = (torch.tensor(x, dtype=torch.float64, device=device).unsqueeze(0) for x in (box.lo, box.hi))
     if trace is not None:
@@ -351,67 +356,3 @@ def _refine_in_stages(network: Network, box: InputBox, objective: tuple, ends: n
         if gap > (1 - REFINE_PAYS) * before or deadline - time.perf_counter() < seconds + REFINE_MIN_SECONDS:
             break
     return layer_bounds, infos
-
-
-def milp_slot(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list | None,
-              share: float, deadline: float, confirm: Callable, progress: Progress | None, stats: dict,
-              trace: dict | None = None) -> Callable[[list[int]], tuple[torch.Tensor | None, list[int]]]:
-    """The MILP slot, as a search's interlude (`relu_bab.search`): pending (positions in open_) -> (the MILP's
-    confirmed point (1, n) or None, the pending disjuncts it ruled out, each on its own), `milp_phase` for `share` of
-    the time left before deadline. Its stats go to stats["milp_slot"]; what it rules out, to trace["milp"]."""
-
-    def interlude(pending: list[int]) -> tuple[torch.Tensor | None, list[int]]:
-        now, still = time.perf_counter(), [open_[k] for k in pending]
-        status, x, milp_stats, ruled_out = milp_phase(network, box, prop, still, layer_bounds,
-                                                      now + share * (deadline - now), confirm, progress)
-        stats["milp_slot"] = dict(milp_stats, status=status, ruled_out=len(ruled_out),
-                                  seconds=round(time.perf_counter() - now, 4))
-        if trace is not None:
-            trace["milp"] += ruled_out
-        point = None if x is None else torch.as_tensor(x, device="cpu")[None]
-        return point, [k for k in pending if open_[k] in ruled_out]
-
-    return interlude
-
-
-def milp_phase(network: Network, box: InputBox, prop: Property, open_: list[int], layer_bounds: list | None,
-               deadline: float, confirm: Callable, progress: Progress | None = None):
-    """Phase 2 of relu_split, and the MILP slots (progress: reported once, phase "MILP", the disjuncts open;
-    layer_bounds None: alpha-CROWN's). Returns (status, x, stats, the disjuncts of open_ ruled out: all of them when
-    status is HOLDS, and those decided before the time ran out otherwise)."""
-    from .bounds import milp  # HiGHS is only loaded when this path runs
-
-    if progress is not None:
-        progress("MILP", 0, len(open_), None)
-    stats = {"domains": 0, "bound_calls": 0, "nodes": 0}
-    single = [k for k in open_ if prop.disjuncts[k][0].shape[0] == 1]
-    groups = ([("decide", single)] if single else []) + [("conjunction", [k]) for k in open_ if k not in single]
-    undecided, ruled_out = False, []
-    for mode, members in groups:
-        left = deadline - time.perf_counter()
-        if left <= 0:
-            return TIMEOUT, None, stats, ruled_out
-        C, d = prop.stacked_rows(members)
-        limit = max(left - 0.25, 0.01)
-        if mode == "decide":  # some single row below 0 somewhere? (one row per member)
-            result = milp.bound(network, box, C, d, layer_bounds=layer_bounds, time_limit=limit, decide=0.0)
-            candidates = [result.x[j] for j in np.argsort(result.upper) if result.upper[j] <= 0]
-            ruled = [k for k, lower in zip(members, result.lower) if proves(lower)]
-            timed_out = "time_limit" in result.info.get("status", [])
-            stats["nodes"] += int(result.info.get("nodes", 0))
-        else:  # all rows of the conjunction below 0 at one point?
-            lower, upper, x, status = milp.min_max(network, box, C, d, layer_bounds=layer_bounds, time_limit=limit,
-                                                   decide=0.0)
-            candidates, timed_out = ([x] if upper <= 0 else []), status == "time_limit"
-            ruled = members if proves(lower) else []
-        stats["bound_calls"] += 1
-        stats["domains"] += 1
-        for x in candidates:
-            if confirm(x):
-                return VIOLATED, x, stats, ruled_out
-        ruled_out += ruled
-        if len(ruled) < len(members):
-            if timed_out or time.perf_counter() > deadline:
-                return TIMEOUT, None, stats, ruled_out
-            undecided = True
-    return (UNKNOWN if undecided else HOLDS), None, stats, ruled_out

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from . import bab, falsification
-from .bab import HOLDS, TIMEOUT, UNKNOWN, VIOLATED
+from .bab_milp import milp_slot
 from .bounds import bound, proves
 from .network import Network
 from .onnx import OnnxRunner
-from .spec import InputBox, Property, SpecError
+from .spec import HOLDS, TIMEOUT, UNKNOWN, VIOLATED, InputBox, Property, SpecError
 from .vnnlib import parse_vnnlib
 
 RESULT_WORDS = {HOLDS: "unsat", VIOLATED: "sat", UNKNOWN: "unknown", TIMEOUT: "timeout"}
@@ -117,8 +117,8 @@ def verify(network: Network, box: InputBox, prop: Property, timeout: float = 60.
             trace.update(kind="input", events=[])
         confirm = lambda x: checker(box, prop, x) is not None
         small = trace is None and network.n_relus <= bab.MILP_SLOT_SPLITTABLE  # the MILP slot: bab.relu_split's
-        slot = bab.milp_slot(network, box, prop, list(range(len(prop.disjuncts))), None, bab.MILP_SLOT_SHARE,
-                             deadline, confirm, progress, stats)
+        slot = milp_slot(network, box, prop, list(range(len(prop.disjuncts))), None, bab.MILP_SLOT_SHARE, deadline,
+                         confirm, progress, stats)
         result = bab.input_split(network, box, prop, deadline=deadline, confirm=confirm,
                                  side_attack=_SideAttack(network, box, prop, seed, deadline),
                                  trace=None if trace is None else trace["events"], progress=progress,

@@ -427,6 +427,18 @@ def test_the_one_layer_milp_slot_gives_the_enumerations_verdicts(kind, seed, tmp
     assert any("milp_slot" in one for one in stats)  # the path ran
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_nearly_one_unstable_layer_takes_the_one_layer_slot(seed, monkeypatch):
+    """10-11 root-unstable ReLUs in the first layer, one in the second (at most bab.ONE_LAYER_REST after the first):
+    with the small-network and probe slots off, the MILP still decides the disjuncts the root round leaves open; the
+    verdicts equal the enumeration's, a tie is never proved."""
+    monkeypatch.setattr(bab, "MILP_SLOT_SPLITTABLE", 0)
+    monkeypatch.setattr(bab, "MILP_PROBE_SHARE", 0.0)
+    net = random_network([3, 12, 1, 3], np.random.default_rng(seed))
+    stats = assert_relu_split_verdicts(net, seed + 40)
+    assert any("milp_slot" in one for one in stats)  # the path ran
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_small_network_milp_slot_gives_the_enumerations_verdicts(seed, monkeypatch):
     """Two or three unstable ReLU layers, few ReLUs (bab.MILP_SLOT_SPLITTABLE), the slot right after the root round
