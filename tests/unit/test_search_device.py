@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from graph_models import assert_relu_split_verdicts, random_graph_file, verdict_cases
-from verifier import bab, relu_bab
+from verifier import relu_bab
 from verifier.bounds import dual, milp
 from verifier.bounds.interval import by_node
 from verifier.bounds.refine import pre_activations, refine_layer_bounds
