@@ -1,6 +1,7 @@
 """The MILP inside branch and bound (bab.py): the slot a search gives it as its interlude (`milp_slot`), and the
-phase that hands it what a search leaves open (`milp_phase`); both on the big-M MILP of bounds/milp.py (HiGHS),
-whose answers are trusted like a solver's (DESIGN.md) and whose points go to the caller's `confirm`.
+phase that hands it what a search leaves open (`milp_phase`); both on the big-M MILP of bounds/milp.py (HiGHS).
+A disjunct it rules out rests on HiGHS's answer (a certificate counts it as a trusted leaf); a point it finds is a
+counterexample only once the caller's `confirm` agrees.
 """
 from __future__ import annotations
 
