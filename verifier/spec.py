@@ -17,6 +17,7 @@ from .errors import InputError
 
 HOLDS, VIOLATED, UNKNOWN, TIMEOUT = "holds", "violated", "unknown", "timeout"  # a property's verdicts
 
+
 class SpecError(InputError):
     """A malformed input set or property (bad user input)."""
 
