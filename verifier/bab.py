@@ -13,7 +13,7 @@ Two ways to split, chosen per problem by `verify`; both work on any network grap
 - `relu_split` (many inputs, e.g. MNIST's 784): see its docstring.
 
 Both return a `BabResult`; neither decides soundness questions alone: "holds" needs every piece's bound
-> PROOF_MARGIN (float64), "violated" needs `confirm`.
+> PROOF_MARGIN (float64) or the MILP's answer (bab_milp.py), "violated" needs `confirm`.
 """
 from __future__ import annotations
 
